@@ -1,0 +1,267 @@
+"""The `ml-playground` command line: parse → call one function → render.
+
+Every command takes EXPERIMENT (a preset name or a TOML path), then KEY=VALUE overrides, and
+`--workdir`. User errors (`MLPlaygroundError`) print one line on stderr and exit 2; `--debug`
+shows the traceback instead. Ctrl-C during training saves `last` and exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ml_playground.config.loading import config_to_toml, list_presets, resolve_config
+from ml_playground.config.schema import ExperimentConfig
+from ml_playground.data.prepare import PrepareResult, prepare_dataset
+from ml_playground.errors import CheckpointError, MLPlaygroundError
+from ml_playground.generate.service import load_for_inference, sample_texts
+from ml_playground.train.callbacks import ProgressBar
+from ml_playground.train.checkpoint import resolve_checkpoint
+from ml_playground.train.loop import TrainingInterrupted, TrainResult, run_dir_for, train
+
+app = typer.Typer(
+    name="ml-playground",
+    help="Prepare text, train a GPT, sample from it — one typed config per experiment.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+experiments_app = typer.Typer(help="Presets shipped with the package.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect resolved configs.", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
+app.add_typer(config_app, name="config")
+
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+out = Console(highlight=False, markup=False)
+
+# --- shared arguments ----------------------------------------------------------------------------
+Experiment = Annotated[
+    str, typer.Argument(help="Preset name (see `experiments list`) or a .toml path.")
+]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.max_iters=100.")
+]
+Workdir = Annotated[
+    Path,
+    typer.Option(
+        envvar="ML_PLAYGROUND_WORKDIR", help="Where datasets/ and runs/ live.", file_okay=False
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="A TOML file layered over the preset.", dir_okay=False),
+]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")]
+
+
+@contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Map the error family to exit codes: user error 2, interrupted 130, bug 1 (traceback)."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        err.print(f"interrupted: {exc}")
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except MLPlaygroundError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def load_config(
+    experiment: str,
+    overrides: list[str] | None,
+    config_file: Path | None,
+    flags: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Resolve the config; `flags` (from dedicated CLI options) win over KEY=VALUE overrides."""
+    return resolve_config(experiment, overrides, config_file, flags)
+
+
+# --- commands ------------------------------------------------------------------------------------
+@experiments_app.command("list")
+def experiments_list() -> None:
+    """List the presets that ship with the package."""
+    table = Table("experiment", "description")
+    for name, description in list_presets().items():
+        table.add_row(name, description)
+    out.print(table)
+
+
+@config_app.command("show")
+def config_show(
+    experiment: Experiment,
+    overrides: Overrides = None,
+    config: ConfigFile = None,
+    debug: Debug = False,
+) -> None:
+    """Print the fully resolved config as TOML."""
+    with user_errors(debug):
+        sys.stdout.write(config_to_toml(load_config(experiment, overrides, config)))
+
+
+def _run_prepare(cfg: ExperimentConfig, workdir: Path, force: bool) -> PrepareResult:
+    result = prepare_dataset(cfg.data, workdir, cfg.name, force=force)
+    info = result.info
+    verb = "up to date (use --force to redo)" if result.skipped else "prepared"
+    err.print(
+        f"dataset {verb}: {result.directory} — {info['train_tokens']:,} train / "
+        f"{info['val_tokens']:,} val tokens, vocab {info['vocab_size']}, {info['dtype']}"
+    )
+    return result
+
+
+@app.command()
+def prepare(
+    experiment: Experiment,
+    overrides: Overrides = None,
+    workdir: Workdir = Path("."),
+    config: ConfigFile = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo even if the source is unchanged.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Turn the corpus into a tokenizer and train/val token files under datasets/EXPERIMENT/."""
+    with user_errors(debug):
+        _run_prepare(load_config(experiment, overrides, config), workdir, force)
+
+
+def _run_train(cfg: ExperimentConfig, workdir: Path, resume: bool) -> TrainResult:
+    result = train(cfg, workdir, resume=resume, callbacks=[ProgressBar(err)])
+    summary = result.summary
+    best = summary["best_val_loss"]
+    err.print(
+        f"done: {summary['iters']} iters, best val loss "
+        f"{'n/a' if best is None else f'{best:.4f}'} at iter {summary['best_iter']}, "
+        f"{summary['wall_s']:.1f} s → {result.run_dir}"
+    )
+    return result
+
+
+@app.command("train")
+def train_command(
+    experiment: Experiment,
+    overrides: Overrides = None,
+    workdir: Workdir = Path("."),
+    config: ConfigFile = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume/--no-resume", help="Continue from checkpoints/last if present."),
+    ] = True,
+    debug: Debug = False,
+) -> None:
+    """Train the GPT; re-running the same command resumes from checkpoints/last."""
+    with user_errors(debug):
+        _run_train(load_config(experiment, overrides, config), workdir, resume)
+
+
+def _sample_flags(**options: Any) -> dict[str, Any]:
+    """CLI sampling flags as a `[sample]` layer, so flags and KEY=VALUE share one validator."""
+    return {"sample": {key: value for key, value in options.items() if value is not None}}
+
+
+def _run_sample(cfg: ExperimentConfig, workdir: Path, as_json: bool) -> list[str]:
+    which = cfg.sample.checkpoint
+    path = resolve_checkpoint(run_dir_for(workdir, cfg), which)
+    if which == "best" and not path.exists():
+        fallback = resolve_checkpoint(run_dir_for(workdir, cfg), "last")
+        if fallback.exists():
+            err.print("notice: no `best` checkpoint yet; sampling from `last`")
+            path = fallback
+    if not path.exists():
+        raise CheckpointError(
+            f"no checkpoint at {path}; run `ml-playground train {cfg.name}` first "
+            f"(with the same --workdir and train.run_name)"
+        )
+    loaded = load_for_inference(path, cfg.train.device)
+
+    def stream(index: int, delta: str) -> None:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    if not as_json:
+        err.print(f"sampling from {path}")
+    texts = []
+    for index in range(cfg.sample.num_samples):
+        single = cfg.sample.model_copy(update={"num_samples": 1, "seed": cfg.sample.seed + index})
+        if not as_json:
+            sys.stdout.write(cfg.sample.prompt)
+        texts += sample_texts(loaded, single, None if as_json else stream)
+        if not as_json:
+            sys.stdout.write("\n" + ("-" * 40 + "\n" if index + 1 < cfg.sample.num_samples else ""))
+    if as_json:
+        sys.stdout.write(json.dumps({"samples": [cfg.sample.prompt + t for t in texts]}) + "\n")
+    return texts
+
+
+@app.command()
+def sample(
+    experiment: Experiment,
+    overrides: Overrides = None,
+    workdir: Workdir = Path("."),
+    config: ConfigFile = None,
+    prompt: Annotated[str | None, typer.Option(help="Text to continue.")] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option(help="Read the prompt from a file.", exists=True, dir_okay=False)
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="How many samples.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="best, last, or a checkpoint path.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"samples": [...]}.')] = False,
+    debug: Debug = False,
+) -> None:
+    """Generate text from a trained checkpoint, streaming it to stdout."""
+    with user_errors(debug):
+        if prompt_file is not None:
+            prompt = prompt_file.read_text("utf-8")
+        flags = _sample_flags(
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            num_samples=num_samples,
+            seed=seed,
+            checkpoint=checkpoint,
+        )
+        _run_sample(load_config(experiment, overrides, config, flags), workdir, as_json)
+
+
+@app.command()
+def loop(
+    experiment: Experiment,
+    overrides: Overrides = None,
+    workdir: Workdir = Path("."),
+    config: ConfigFile = None,
+    debug: Debug = False,
+) -> None:
+    """prepare → train → sample, in one command."""
+    with user_errors(debug):
+        cfg = load_config(experiment, overrides, config)
+        _run_prepare(cfg, workdir, force=False)
+        _run_train(cfg, workdir, resume=True)
+        _run_sample(cfg, workdir, as_json=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,149 @@
+"""The typed experiment config: one frozen pydantic model per section.
+
+Every section forbids unknown keys, so a typo never silently falls back to a default. Field
+descriptions double as the configuration reference, and every cross-field rule is a validator
+whose message says what to change.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CorpusKind = Literal["shakespeare", "file", "dir"]
+TokenizerKind = Literal["char"]
+DeviceKind = Literal["auto", "cpu", "cuda", "mps"]
+DtypeKind = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class Section(BaseModel):
+    """Base for every config section: frozen, strict about unknown keys, validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(Section):
+    corpus: CorpusKind = Field(
+        "shakespeare",
+        description="Where the text comes from: the bundled Shakespeare plays, one file, or a "
+        "directory of .txt files.",
+    )
+    path: str | None = Field(None, description="File or directory for corpus 'file' / 'dir'.")
+    tokenizer: TokenizerKind = Field("char", description="How text becomes tokens.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation."
+    )
+    seed: int = Field(1337, description="Seed of the train/val document split.")
+
+    @model_validator(mode="after")
+    def _path_matches_corpus(self) -> DataConfig:
+        if self.corpus in ("file", "dir") and not self.path:
+            raise ValueError(
+                f"data.corpus='{self.corpus}' needs data.path: add data.path=/path/to/your/"
+                f"{'file.txt' if self.corpus == 'file' else 'folder'}"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, description="Attention heads per block.")
+    n_embd: int = Field(128, ge=1, description="Width of the residual stream.")
+    block_size: int = Field(64, ge=1, description="Context length in tokens.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in attention and MLP.")
+    bias: bool = Field(False, description="Bias in Linear and LayerNorm layers (GPT-2: true).")
+    vocab_size: int | None = Field(
+        None, ge=1, description="Set from the prepared tokenizer; leave unset in presets."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head} "
+                f"(each head gets n_embd / n_head dimensions)"
+            )
+        return self
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(12, ge=1, description="Sequences per micro-batch.")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches (each a distinct draw) summed into one step."
+    )
+    max_iters: int = Field(2000, ge=0, description="Optimizer steps to train in total.")
+    learning_rate: float = Field(1e-3, gt=0.0, description="Peak learning rate.")
+    min_lr: float = Field(1e-4, ge=0.0, description="Learning rate at the end of cosine decay.")
+    warmup_iters: int = Field(100, ge=0, description="Linear warmup steps.")
+    lr_decay_iters: int | None = Field(
+        None, ge=1, description="Step where cosine decay reaches min_lr (default: max_iters)."
+    )
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay.")
+    beta1: float = Field(0.9, gt=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.99, gt=0.0, lt=1.0, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Clip gradient norm to this (0 = off).")
+    eval_interval: int = Field(250, ge=1, description="Steps between train/val loss estimates.")
+    eval_iters: int = Field(20, ge=1, description="Batches averaged per loss estimate.")
+    log_interval: int = Field(10, ge=1, description="Steps between progress updates.")
+    checkpoint_interval: int = Field(
+        250, ge=1, description="Steps between saves of checkpoints/last."
+    )
+    device: DeviceKind = Field("auto", description="auto picks cuda > mps > cpu.")
+    dtype: DtypeKind = Field(
+        "auto", description="auto: bfloat16 on CUDA when supported, float32 elsewhere."
+    )
+    compile: bool = Field(False, description="torch.compile the model where it can work.")
+    seed: int = Field(1337, description="Seed of weights init, batch order and dropout.")
+    run_name: str = Field(
+        "main", pattern=r"^[A-Za-z0-9._-]+$", description="Run directory under runs/<experiment>/."
+    )
+
+    @model_validator(mode="after")
+    def _schedule_is_consistent(self) -> TrainConfig:
+        if self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"train.min_lr={self.min_lr} is above train.learning_rate={self.learning_rate}; "
+                f"lower min_lr or raise learning_rate"
+            )
+        decay = self.lr_decay_iters if self.lr_decay_iters is not None else self.max_iters
+        if self.lr_decay_iters is not None and decay < self.warmup_iters:
+            raise ValueError(
+                f"train.lr_decay_iters={decay} is shorter than train.warmup_iters="
+                f"{self.warmup_iters}; decay must end after warmup"
+            )
+        return self
+
+    @property
+    def decay_iters(self) -> int:
+        """Where cosine decay ends: `lr_decay_iters`, or the whole run."""
+        return self.lr_decay_iters if self.lr_decay_iters is not None else self.max_iters
+
+
+class SampleConfig(Section):
+    prompt: str = Field("\n", description="Text the samples continue.")
+    max_new_tokens: int = Field(500, ge=1, description="Tokens generated per sample.")
+    temperature: float = Field(0.8, ge=0.0, description="0 means greedy (deterministic).")
+    top_k: int | None = Field(200, ge=1, description="Keep only the k most likely tokens.")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with mass p."
+    )
+    num_samples: int = Field(1, ge=1, description="Independent samples to draw.")
+    seed: int = Field(1337, description="Seed for sampling.")
+    checkpoint: str = Field(
+        "best", description="'best', 'last', or a path to a checkpoint directory."
+    )
+
+
+class TrackingConfig(Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars to the run's tb/.")
+
+
+class ExperimentConfig(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Experiment name.")
+    description: str = Field("", description="One line shown by `experiments list`.")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    tracking: TrackingConfig = TrackingConfig()
