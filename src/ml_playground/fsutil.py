@@ -35,15 +35,23 @@ def _old_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Atomically (as far as POSIX allows) make the complete `staging` directory be `target`."""
+def replace_dir(staging: Path, target: Path, keep_old_as: Path | None = None) -> None:
+    """Atomically (as far as POSIX allows) make the complete `staging` directory be `target`.
+
+    The previous `target` is deleted, or, with `keep_old_as`, renamed there (checkpoint history).
+    """
     fsync_tree(staging)
+    recover_dir(target)  # a crash between two renames last time must not cost that copy now
     old = _old_path(target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(staging, target)
     fsync_dir(target.parent)
+    if keep_old_as is not None and old.exists():
+        shutil.rmtree(keep_old_as, ignore_errors=True)
+        os.replace(old, keep_old_as)
+        fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

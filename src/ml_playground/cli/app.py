@@ -8,6 +8,7 @@ shows the traceback instead. Ctrl-C during training saves `last` and exits 130.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from ml_playground.config.loading import config_to_toml, list_presets, resolve_c
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.prepare import PrepareResult, prepare_dataset
 from ml_playground.errors import CheckpointError, MLPlaygroundError
-from ml_playground.generate.service import load_for_inference, sample_texts
+from ml_playground.generate.service import encode_prompt, load_for_inference, sample_texts
 from ml_playground.train.callbacks import ProgressBar
 from ml_playground.train.checkpoint import resolve_checkpoint
 from ml_playground.train.loop import TrainingInterrupted, TrainResult, run_dir_for, train
@@ -142,11 +143,15 @@ def prepare(
 def _run_train(cfg: ExperimentConfig, workdir: Path, resume: bool) -> TrainResult:
     result = train(cfg, workdir, resume=resume, callbacks=[ProgressBar(err)])
     summary = result.summary
+    if os.environ.get("RANK", "0") != "0":
+        return result  # under torchrun only rank 0 reports
     best = summary["best_val_loss"]
+    mfu = summary.get("mfu")
     err.print(
         f"done: {summary['iters']} iters, best val loss "
         f"{'n/a' if best is None else f'{best:.4f}'} at iter {summary['best_iter']}, "
-        f"{summary['wall_s']:.1f} s → {result.run_dir}"
+        f"{summary['wall_s']:.1f} s, {summary['tokens_per_s']:,.0f} tok/s"
+        f"{'' if mfu is None else f', MFU {mfu:.1%}'} → {result.run_dir}"
     )
     return result
 
@@ -182,11 +187,14 @@ def _run_sample(cfg: ExperimentConfig, workdir: Path, as_json: bool) -> list[str
             err.print("notice: no `best` checkpoint yet; sampling from `last`")
             path = fallback
     if not path.exists():
+        if which not in ("best", "last"):
+            raise CheckpointError(f"no checkpoint at {path}; check the --checkpoint path")
         raise CheckpointError(
             f"no checkpoint at {path}; run `ml-playground train {cfg.name}` first "
             f"(with the same --workdir and train.run_name)"
         )
-    loaded = load_for_inference(path, cfg.train.device)
+    loaded = load_for_inference(path, cfg.train.device, cfg.sample.weights)
+    encode_prompt(loaded, cfg.sample.prompt)  # fail before anything is printed
 
     def stream(index: int, delta: str) -> None:
         sys.stdout.write(delta)
@@ -219,12 +227,17 @@ def sample(
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Sample from the k most likely tokens (0 = off).")
+    ] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
     num_samples: Annotated[int | None, typer.Option(help="How many samples.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     checkpoint: Annotated[
         str | None, typer.Option(help="best, last, or a checkpoint path.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="model, or ema (the weights' moving average).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"samples": [...]}.')] = False,
     debug: Debug = False,
@@ -242,6 +255,7 @@ def sample(
             num_samples=num_samples,
             seed=seed,
             checkpoint=checkpoint,
+            weights=weights,
         )
         _run_sample(load_config(experiment, overrides, config, flags), workdir, as_json)
 

@@ -98,6 +98,31 @@ class TrainConfig(Section):
     run_name: str = Field(
         "main", pattern=r"^[A-Za-z0-9._-]+$", description="Run directory under runs/<experiment>/."
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Keep an exponential moving average of the weights (e.g. 0.999); it is "
+        "evaluated, saved as ema.safetensors and usable with `sample --weights ema`.",
+    )
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without a new best val loss."
+    )
+    keep_last: int = Field(
+        1, ge=1, description="How many `last` checkpoints to keep (older ones as last-<iter>)."
+    )
+    keep_best: int = Field(
+        1, ge=1, description="How many `best` checkpoints to keep (older ones as best-<iter>)."
+    )
+    max_bad_steps: int = Field(
+        10, ge=0, description="Steps with a NaN/Inf loss skipped before the run is aborted."
+    )
+    sample_interval: int = Field(
+        0,
+        ge=0,
+        description="Every N steps write a sample of the [sample] prompt to samples/ and "
+        "TensorBoard (0 = off).",
+    )
 
     @model_validator(mode="after")
     def _schedule_is_consistent(self) -> TrainConfig:
@@ -124,7 +149,7 @@ class SampleConfig(Section):
     prompt: str = Field("\n", description="Text the samples continue.")
     max_new_tokens: int = Field(500, ge=1, description="Tokens generated per sample.")
     temperature: float = Field(0.8, ge=0.0, description="0 means greedy (deterministic).")
-    top_k: int | None = Field(200, ge=1, description="Keep only the k most likely tokens.")
+    top_k: int = Field(200, ge=0, description="Keep only the k most likely tokens (0 = off).")
     top_p: float | None = Field(
         None, gt=0.0, le=1.0, description="Nucleus sampling: keep the smallest set with mass p."
     )
@@ -133,10 +158,23 @@ class SampleConfig(Section):
     checkpoint: str = Field(
         "best", description="'best', 'last', or a path to a checkpoint directory."
     )
+    weights: Literal["model", "ema"] = Field(
+        "model", description="Sample with the trained weights or their moving average (EMA)."
+    )
 
 
 class TrackingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars to the run's tb/.")
+    mlflow: bool = Field(
+        False, description="Log params, metrics and samples to MLflow (extra `track`)."
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="Tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db.",
+    )
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment name (default: the experiment's name)."
+    )
 
 
 class ExperimentConfig(Section):

@@ -3,6 +3,10 @@
 The file is never read whole: each batch copies `batch_size` windows out of the memmap. Offsets
 come from a dedicated `torch.Generator`, whose state is the data cursor saved in checkpoints, so
 a resumed run draws exactly the batches the uninterrupted run would have drawn.
+
+Under DDP every rank draws the same *global* batch of `batch_size * world_size` offsets from the
+same generator and copies only its own `batch_size` rows: the ranks never overlap, together they
+see exactly what one process with the global batch would see, and the cursor is rank-independent.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class TokenBatches:
         batch_size: int,
         device: torch.device,
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if not path.is_file():
             raise DataError(f"missing token file {path}; re-run `ml-playground prepare --force`")
@@ -38,12 +44,17 @@ class TokenBatches:
         self.block_size = block_size
         self.batch_size = batch_size
         self.device = device
+        self.rank = rank
+        self.world_size = world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(
-            len(self.tokens) - self.block_size, (self.batch_size,), generator=self.generator
+        global_starts = torch.randint(
+            len(self.tokens) - self.block_size,
+            (self.batch_size * self.world_size,),
+            generator=self.generator,
         ).numpy()
+        starts = global_starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = np.stack(
             [self.tokens[s : s + self.block_size + 1].astype(np.int64) for s in starts]
         )

@@ -17,7 +17,12 @@ from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
 from ml_playground.errors import MLPlaygroundError
 from ml_playground.generate.sampling import SamplingParams, StreamingDecoder, generate_tokens
 from ml_playground.model.gpt import GPT
-from ml_playground.train.checkpoint import Checkpoint, load_weights, open_checkpoint
+from ml_playground.train.checkpoint import (
+    Checkpoint,
+    load_ema_weights,
+    load_weights,
+    open_checkpoint,
+)
 from ml_playground.train.device import resolve_device
 
 
@@ -29,15 +34,27 @@ class LoadedModel:
     device: torch.device
 
 
-def load_for_inference(path: Path, device: str = "auto") -> LoadedModel:
-    """A ready-to-sample model (eval mode) from a checkpoint directory."""
+def load_for_inference(path: Path, device: str = "auto", weights: str = "model") -> LoadedModel:
+    """A ready-to-sample model (eval mode) from a checkpoint directory.
+
+    `weights="ema"` loads the moving average of the weights (`ema.safetensors`) instead.
+    """
     checkpoint = open_checkpoint(path)
     tokenizer = load_tokenizer(checkpoint.tokenizer_dir)
     torch_device = resolve_device(device)
     model = GPT(checkpoint.config.model)
     load_weights(checkpoint, model)
+    if weights == "ema":
+        load_ema_weights(checkpoint, model)
     model.to(torch_device).eval()
     return LoadedModel(model, tokenizer, checkpoint, torch_device)
+
+
+def encode_prompt(loaded: LoadedModel, prompt: str) -> list[int]:
+    """The prompt's token ids, or a clear error (empty, or characters the tokenizer lacks)."""
+    if not prompt:
+        raise MLPlaygroundError("the prompt is empty; give at least one character (--prompt)")
+    return loaded.tokenizer.encode(prompt)
 
 
 def sample_texts(
@@ -50,10 +67,8 @@ def sample_texts(
     `on_text(sample_index, delta)` receives text as it is generated (for streaming to a terminal).
     The returned strings are the continuations without the prompt.
     """
-    if not settings.prompt:
-        raise MLPlaygroundError("the prompt is empty; give at least one character (--prompt)")
-    prompt_ids = loaded.tokenizer.encode(settings.prompt)
-    params = SamplingParams(settings.temperature, settings.top_k, settings.top_p)
+    prompt_ids = encode_prompt(loaded, settings.prompt)
+    params = SamplingParams(settings.temperature, settings.top_k or None, settings.top_p)
     generator = torch.Generator(device=loaded.device).manual_seed(settings.seed)
     outputs = []
     for index in range(settings.num_samples):

@@ -1,4 +1,4 @@
-"""One `Tracker` protocol for everything that records a run: TensorBoard, in-memory, MLflow later.
+"""One `Tracker` protocol for everything that records a run: TensorBoard, MLflow, in-memory.
 
 Metric names follow TensorBoard/MLflow habit: `loss/train`, `loss/val`, `lr`,
 `throughput/tokens_per_s`.
@@ -17,7 +17,9 @@ class Tracker(Protocol):
 
     def log_text(self, tag: str, text: str, step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run; `status` is FINISHED, KILLED (interrupted) or FAILED (crashed)."""
+        ...
 
 
 @dataclass
@@ -28,6 +30,7 @@ class InMemoryTracker:
     metrics: list[tuple[int, str, float]] = field(default_factory=list)
     texts: list[tuple[int, str, str]] = field(default_factory=list)
     closed: bool = False
+    status: str | None = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         self.params.update(params)
@@ -38,8 +41,9 @@ class InMemoryTracker:
     def log_text(self, tag: str, text: str, step: int) -> None:
         self.texts.append((step, tag, text))
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.closed = True
+        self.status = status
 
     def series(self, name: str) -> list[tuple[int, float]]:
         return [(step, value) for step, metric, value in self.metrics if metric == name]

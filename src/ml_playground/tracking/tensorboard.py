@@ -25,6 +25,6 @@ class TensorBoardTracker:
     def log_text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         self.writer.flush()
         self.writer.close()

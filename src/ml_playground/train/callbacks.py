@@ -1,14 +1,18 @@
 """The training loop's event API and its built-in listeners.
 
-The loop announces what happened (`on_train_start`, `on_log`, `on_eval`, `on_checkpoint`,
-`on_train_end`); everything that records or shows it is a `Callback`. Subclass and override only
-the events you need: the base class ignores the rest.
+The loop announces what happened (`on_train_start`, `on_log`, `on_eval`, `on_sample`,
+`on_checkpoint`, `on_train_end`); everything that records or shows it is a `Callback`. Subclass
+and override only the events you need: the base class ignores the rest. A callback that wants
+the run to end (early stopping) calls `event.control.request_stop(reason)` on the `RunStart`
+event it received; the loop then saves `last` and finishes normally.
+
+Under torchrun only rank 0 runs callbacks.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,16 @@ from rich.progress import (
 from ml_playground.tracking.base import Tracker
 
 
+@dataclass
+class TrainControl:
+    """The one thing callbacks may change: ask the loop to stop after this step."""
+
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
 @dataclass(frozen=True)
 class RunStart:
     run_dir: Path
@@ -35,6 +49,8 @@ class RunStart:
     device: str
     dtype: str
     params: dict[str, Any]
+    control: TrainControl = field(default_factory=TrainControl)
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,9 @@ class LogEvent:
     loss: float
     lr: float
     tokens_per_s: float
+    grad_norm: float | None = None
+    mfu: float | None = None  # model FLOPs utilization, 0..1, where the device peak is known
+    bad_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,15 @@ class EvalEvent:
     tokens_per_s: float
     best_val_loss: float
     is_best: bool
+    best_iter: int = -1
+
+
+@dataclass(frozen=True)
+class SampleEvent:
+    """Text generated from the [sample] prompt during training."""
+
+    iter: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,9 @@ class Callback:
         return None
 
     def on_eval(self, event: EvalEvent) -> None:
+        return None
+
+    def on_sample(self, event: SampleEvent) -> None:
         return None
 
     def on_checkpoint(self, event: CheckpointEvent) -> None:
@@ -110,22 +141,63 @@ class TrackerCallback(Callback):
         self.tracker.log_params(event.params)
 
     def on_log(self, event: LogEvent) -> None:
-        self.tracker.log_metrics(
-            {
-                "loss/train_step": event.loss,
-                "lr": event.lr,
-                "throughput/tokens_per_s": event.tokens_per_s,
-            },
-            event.iter,
-        )
+        metrics = {
+            "loss/train_step": event.loss,
+            "lr": event.lr,
+            "throughput/tokens_per_s": event.tokens_per_s,
+        }
+        if event.grad_norm is not None:
+            metrics["grad_norm"] = event.grad_norm
+        if event.mfu is not None:
+            metrics["throughput/mfu"] = event.mfu
+        self.tracker.log_metrics(metrics, event.iter)
 
     def on_eval(self, event: EvalEvent) -> None:
         self.tracker.log_metrics(
             {"loss/train": event.train_loss, "loss/val": event.val_loss}, event.iter
         )
 
+    def on_sample(self, event: SampleEvent) -> None:
+        self.tracker.log_text("samples", event.text, event.iter)
+
     def on_train_end(self, summary: dict[str, Any]) -> None:
-        self.tracker.close()
+        status = {"interrupted": "KILLED", "failed": "FAILED"}.get(summary.get("status", ""))
+        self.tracker.close(status or "FINISHED")
+
+
+class EarlyStopping(Callback):
+    """Stop when val loss has not improved for `patience` evaluations.
+
+    It counts evaluations since `best_iter` rather than keeping its own counter, so a resumed
+    run stops exactly where the uninterrupted one would have.
+    """
+
+    def __init__(self, patience: int, eval_interval: int) -> None:
+        self.patience = patience
+        self.eval_interval = eval_interval
+        self.control = TrainControl()
+
+    def on_train_start(self, event: RunStart) -> None:
+        self.control = event.control
+
+    def on_eval(self, event: EvalEvent) -> None:
+        evals_since_best = (event.iter - max(event.best_iter, 0)) // self.eval_interval
+        if evals_since_best >= self.patience:
+            self.control.request_stop(
+                f"early stop: val loss has not improved for {evals_since_best} evaluations "
+                f"(best {event.best_val_loss:.4f} at iter {event.best_iter})"
+            )
+
+
+class SampleWriter(Callback):
+    """Writes each training-time sample to `samples/iter_0000500.txt` in the run dir."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_sample(self, event: SampleEvent) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"iter_{event.iter:07d}.txt").write_text(event.text, "utf-8")
 
 
 class ProgressBar(Callback):
@@ -183,5 +255,10 @@ class ProgressBar(Callback):
             f"lr {event.lr:.2e}  {event.tokens_per_s:,.0f} tok/s{marker}"
         )
 
+    def on_sample(self, event: SampleEvent) -> None:
+        self.progress.console.print(f"--- sample at iter {event.iter} ---\n{event.text}\n---")
+
     def on_train_end(self, summary: dict[str, Any]) -> None:
         self.progress.stop()
+        if summary.get("stop_reason"):
+            self.console.print(summary["stop_reason"])

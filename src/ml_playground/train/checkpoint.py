@@ -3,13 +3,15 @@
 A checkpoint directory holds everything needed to sample from, export, or resume a run:
 
     model.safetensors   weights (no pickle)
+    ema.safetensors     the weights' moving average, when `train.ema_decay` is set
     optimizer.pt        optimizer state, tensors and numbers only (loads with weights_only=True)
     state.json          iteration, best metric, every RNG state, the data cursor, model config
     config.toml         the resolved experiment config
     tokenizer/          the tokenizer the model was trained with
 
 It is written into a staging directory, fsynced, and renamed into place (see `fsutil`), so a
-kill at any moment leaves the previous checkpoint loadable.
+kill at any moment leaves the previous checkpoint loadable. With `keep > 1` the replaced
+checkpoint survives as `<name>-<iter>` (e.g. `last-0000500`) and only the oldest are pruned.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from ml_playground.config.loading import config_from_toml
@@ -82,6 +85,21 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([decode_tensor(s) for s in state["cuda"]])
 
 
+def history_dirs(directory: Path) -> list[Path]:
+    """Older copies of `directory` kept by retention (`last-0000250`, ...), oldest first."""
+    pattern = re.compile(rf"^{re.escape(directory.name)}-\d{{7}}$")
+    if not directory.parent.is_dir():
+        return []
+    return sorted(p for p in directory.parent.iterdir() if pattern.match(p.name) and p.is_dir())
+
+
+def _iteration_of(directory: Path) -> int | None:
+    try:
+        return int(json.loads((directory / "state.json").read_text("utf-8"))["iter"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def save_checkpoint(
     directory: Path,
     *,
@@ -90,19 +108,34 @@ def save_checkpoint(
     state: dict[str, Any],
     config_toml: str,
     tokenizer_dir: Path,
+    ema: dict[str, torch.Tensor] | None = None,
+    keep: int = 1,
 ) -> Path:
-    """Write a complete checkpoint to `directory`, replacing any previous one atomically."""
+    """Write a complete checkpoint to `directory`, replacing any previous one atomically.
+
+    `keep` counts `directory` itself: with keep=3 the two checkpoints it replaced most recently
+    stay beside it. The checkpoint just written is never pruned.
+    """
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".{directory.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_model(model, str(staging / "model.safetensors"))
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(staging / "ema.safetensors"))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     (staging / "state.json").write_text(json.dumps(state, indent=1) + "\n", "utf-8")
     (staging / "config.toml").write_text(config_toml, "utf-8")
     shutil.copytree(tokenizer_dir, staging / "tokenizer")
-    replace_dir(staging, directory)
+    keep_old_as = None
+    if keep > 1 and directory.exists():
+        old_iter = _iteration_of(directory)
+        if old_iter is not None and old_iter != state.get("iter"):
+            keep_old_as = directory.with_name(f"{directory.name}-{old_iter:07d}")
+    replace_dir(staging, directory, keep_old_as=keep_old_as)
+    for stale in history_dirs(directory)[: max(0, len(history_dirs(directory)) - (keep - 1))]:
+        shutil.rmtree(stale)
     return directory
 
 
@@ -130,6 +163,27 @@ def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
             f"{checkpoint.path} does not fit this model "
             f"(missing {missing}, unexpected {unexpected})"
         )
+
+
+def load_ema_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
+    """Load the moving-average weights (`ema.safetensors`) into `model`'s parameters."""
+    path = checkpoint.path / "ema.safetensors"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{checkpoint.path} holds no EMA weights; train with train.ema_decay=0.999 "
+            f"(for example) or sample with --weights model"
+        )
+    tensors = load_ema_state(checkpoint)
+    params = dict(model.named_parameters())
+    if set(tensors) != set(params):
+        raise CheckpointError(f"{path} does not fit this model")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name])
+
+
+def load_ema_state(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint.path / "ema.safetensors"))
 
 
 def load_optimizer(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer) -> None:

@@ -65,3 +65,35 @@ class Precision:
     def needs_grad_scaler(self) -> bool:
         """float16 gradients underflow without loss scaling; bfloat16 has float32's range."""
         return self.dtype is torch.float16
+
+
+# Dense (no sparsity) peak TFLOP/s for 16-bit matmuls, from the vendors' datasheets. MFU is only
+# reported where the peak is known: a made-up peak would make the number meaningless.
+PEAK_TFLOPS_16BIT = {
+    "H200": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak FLOP/s for `dtype`, or None when unknown (CPU, MPS, float32, new GPUs)."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return peak_flops_for_name(name)
+
+
+def peak_flops_for_name(name: str) -> float | None:
+    """Longest table key contained in the device name wins ("H100 PCIe" before "H100")."""
+    matches = [key for key in PEAK_TFLOPS_16BIT if key in name]
+    if not matches:
+        return None
+    return PEAK_TFLOPS_16BIT[max(matches, key=len)] * 1e12

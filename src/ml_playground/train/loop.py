@@ -1,18 +1,24 @@
 """The training loop, readable top to bottom.
 
-    setup:   dataset → tokenizer → model → optimizer → (resume from checkpoints/last)
-    loop:    lr schedule → grad_accum distinct micro-batches → clip → step
-             every log_interval: progress      every eval_interval: train/val loss, `best`
-             every checkpoint_interval and at the end: `last`
+    setup:   (torchrun group) → dataset → tokenizer → model → optimizer → EMA
+             → resume from checkpoints/last
+    loop:    lr schedule → grad_accum distinct micro-batches (DDP syncs only on the last)
+             → NaN/Inf guard → clip → step → EMA update
+             every log_interval: progress, tokens/s, MFU
+             every eval_interval: train/val loss (EMA weights when enabled), `best`, early stop
+             every sample_interval: a sample to samples/ and the trackers
+             every checkpoint_interval, at the end, on SIGINT/SIGTERM: `last`
     finish:  summary.json
 
-Resume is exact: the checkpoint carries the optimizer, every RNG state and the data cursor, and
-evaluation draws from its own generator, so N steps + resume + N steps equals 2N steps straight.
-SIGINT/SIGTERM finish the current step, save `last`, and raise `TrainingInterrupted`.
+Resume is exact: the checkpoint carries the optimizer, the EMA, every RNG state and the data
+cursor, and evaluation and sampling draw from their own generators, so N steps + resume + N
+steps equals 2N steps straight. SIGINT/SIGTERM finish the current step, save `last`, and raise
+`TrainingInterrupted`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -35,25 +41,41 @@ from ml_playground.config.loading import config_to_toml
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.loader import TokenBatches
 from ml_playground.data.prepare import require_dataset
-from ml_playground.data.tokenizers import load_tokenizer
-from ml_playground.errors import CheckpointError, DataError, MLPlaygroundError
+from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
+from ml_playground.errors import CheckpointError, DataError, MLPlaygroundError, TrainingError
 from ml_playground.fsutil import recover_dir
+from ml_playground.generate.sampling import SamplingParams, generate_tokens
 from ml_playground.model.gpt import GPT
+from ml_playground.tracking.mlflow import RUN_ID_FILE, MLflowTracker, default_tracking_uri
 from ml_playground.tracking.tensorboard import TensorBoardTracker
 from ml_playground.train import checkpoint as ckpt
 from ml_playground.train.callbacks import (
     Callback,
     CheckpointEvent,
+    EarlyStopping,
     EvalEvent,
     LogEvent,
     MetricsFile,
     RunStart,
+    SampleEvent,
+    SampleWriter,
     TrackerCallback,
+    TrainControl,
 )
-from ml_playground.train.device import Precision, resolve_device, resolve_dtype
+from ml_playground.train.device import Precision, peak_flops, resolve_device, resolve_dtype
+from ml_playground.train.distributed import DistContext, init_distributed, shutdown_distributed
+from ml_playground.train.ema import EMA
 from ml_playground.train.optim import build_optimizer, learning_rate_at
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "tb", "config.toml")
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "summary.json",
+    "tb",
+    "config.toml",
+    "samples",
+    RUN_ID_FILE,
+)
 
 
 class TrainingInterrupted(MLPlaygroundError):
@@ -123,27 +145,82 @@ def estimate_loss(
     eval_iters: int,
     precision: Precision,
     seed: int,
+    dist: DistContext | None = None,
 ) -> dict[str, float]:
     """Mean loss over `eval_iters` batches per split, drawn from a generator seeded by `seed`.
 
     Restoring each split's cursor afterwards keeps training batches unaffected by evaluation.
+    Under DDP each rank scores its slice of the same global batches and the means are averaged.
     """
     model.eval()
     losses: dict[str, float] = {}
     for name, batches in splits.items():
         saved = batches.state()
         batches.generator.manual_seed(seed)
-        total = 0.0
+        total = torch.zeros((), device=batches.device)
         for _ in range(eval_iters):
             x, y = batches.next_batch()
             with precision.autocast():
                 _, loss = model(x, y)
             assert loss is not None
-            total += loss.item()
+            total += loss.float()
         batches.load_state(saved)
-        losses[name] = total / eval_iters
+        mean = total / eval_iters
+        losses[name] = float((dist.mean(mean) if dist is not None else mean).item())
     model.train()
     return losses
+
+
+def generate_sample(
+    model: GPT, config: ExperimentConfig, tokenizer: Tokenizer, device: torch.device, step: int
+) -> str:
+    """A sample of the [sample] prompt, from its own generator (training RNG stays untouched)."""
+    settings = config.sample
+    prompt_ids = tokenizer.encode(settings.prompt)
+    generator = torch.Generator(device=device).manual_seed(settings.seed + step)
+    params = SamplingParams(settings.temperature, settings.top_k or None, settings.top_p)
+    context = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    tokens = [
+        int(t[0, 0])
+        for t in generate_tokens(model, context, settings.max_new_tokens, params, generator)
+    ]
+    return settings.prompt + tokenizer.decode(tokens)
+
+
+def builtin_callbacks(config: ExperimentConfig, workdir: Path, run_dir: Path) -> list[Callback]:
+    """What every run records: metrics.jsonl, samples/, TensorBoard/MLflow, early stopping."""
+    callbacks: list[Callback] = [
+        MetricsFile(run_dir / "metrics.jsonl"),
+        SampleWriter(run_dir / "samples"),
+    ]
+    if config.tracking.tensorboard:
+        callbacks.append(TrackerCallback(TensorBoardTracker(run_dir / "tb")))
+    if config.tracking.mlflow:
+        id_file = run_dir / RUN_ID_FILE
+        tracker = MLflowTracker(
+            tracking_uri=default_tracking_uri(workdir, config.tracking.mlflow_uri),
+            experiment=config.tracking.mlflow_experiment or config.name,
+            run_name=config.train.run_name,
+            artifact_dir=workdir / "mlartifacts",
+            run_id=id_file.read_text("utf-8").strip() if id_file.is_file() else None,
+        )
+        id_file.write_text(tracker.run_id + "\n", "utf-8")
+        callbacks.append(TrackerCallback(tracker))
+    if config.train.early_stop_patience is not None:
+        callbacks.append(
+            EarlyStopping(config.train.early_stop_patience, config.train.eval_interval)
+        )
+    return callbacks
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """--no-resume: remove what a previous run wrote, so nothing mixes into the new one."""
+    for name in RUN_OUTPUTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def train(
@@ -153,7 +230,24 @@ def train(
     resume: bool = True,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Train `config` in `runs/<name>/<run_name>/`, resuming from its `last` checkpoint if any."""
+    """Train `config` in `runs/<name>/<run_name>/`, resuming from its `last` checkpoint if any.
+
+    Under torchrun every rank calls this; rank 0 alone writes files and runs `callbacks`.
+    """
+    dist = init_distributed(resolve_device(config.train.device).type)
+    try:
+        return _train(config, workdir, resume, callbacks, dist)
+    finally:
+        shutdown_distributed(dist)
+
+
+def _train(
+    config: ExperimentConfig,
+    workdir: Path,
+    resume: bool,
+    user_callbacks: Sequence[Callback],
+    dist: DistContext,
+) -> TrainResult:
     tcfg = config.train
     run_dir = run_dir_for(workdir, config)
     data_dir, dataset_info = require_dataset(workdir, config.name)
@@ -166,12 +260,16 @@ def train(
     tokenizer = load_tokenizer(tokenizer_dir)
     config = with_vocab_size(config, tokenizer.vocab_size)
 
-    device = resolve_device(tcfg.device)
+    # --- model, optimizer, precision
+    device = dist.place(resolve_device(tcfg.device))
     precision = Precision(device, resolve_dtype(tcfg.dtype, device))
     seed_everything(tcfg.seed)
     model = GPT(config.model).to(device)
+    if dist.enabled:
+        torch.manual_seed(tcfg.seed + dist.rank)  # same init everywhere, own dropout per rank
     optimizer = build_optimizer(model, tcfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    ema = EMA(model, tcfg.ema_decay) if tcfg.ema_decay is not None else None
 
     def batches(split: str, seed: int) -> TokenBatches:
         return TokenBatches(
@@ -180,64 +278,104 @@ def train(
             config.model.block_size,
             tcfg.batch_size,
             device,
-            seed,
+            seed=seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
 
     train_batches = batches("train", tcfg.seed)
     eval_splits = {"train": batches("train", tcfg.seed + 1), "val": batches("val", tcfg.seed + 2)}
 
-    # --- resume, or start over --------------------------------------------------------------
+    # --- resume, or start over
     last_dir = run_dir / "checkpoints" / "last"
-    start_iter, best_val, best_iter, wall_before = 0, math.inf, -1, 0.0
-    if not resume:
-        for name in RUN_OUTPUTS:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    else:
+    start_iter, best_val, best_iter, wall_before, bad_steps = 0, math.inf, -1, 0.0, 0
+    if not resume and dist.is_main:
+        clear_run_outputs(run_dir)
+    dist.barrier()
+    if resume and dist.is_main:
         recover_dir(last_dir)
-    if resume and last_dir.exists():
+    dist.barrier()
+    resumed = resume and last_dir.exists()
+    if resumed:
         last = ckpt.open_checkpoint(last_dir)
         if last.config.model != config.model:
             raise CheckpointError(
                 f"{last_dir} was trained with a different [model] section; use the same model "
                 f"settings to resume, or pass --no-resume (or another train.run_name) to start over"
             )
-        ckpt.load_weights(last, model)
-        ckpt.load_optimizer(last, optimizer)
         state = last.state
         start_iter = int(state["iter"])
+        if start_iter > tcfg.max_iters:
+            raise TrainingError(
+                f"{last_dir} is at iter {start_iter}, past train.max_iters={tcfg.max_iters}; "
+                f"raise train.max_iters to continue, or pass --no-resume to start over"
+            )
+        if start_iter == tcfg.max_iters and (run_dir / "summary.json").is_file():
+            # Nothing left to train: report the finished run instead of rewriting it.
+            summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
+            return TrainResult(run_dir, summary)
+        ckpt.load_weights(last, model)
+        ckpt.load_optimizer(last, optimizer)
         best_val = float(state["best_val_loss"]) if state["best_val_loss"] is not None else math.inf
         best_iter = int(state["best_iter"])
         wall_before = float(state.get("wall_s", 0.0))
-        ckpt.restore_rng_state(state["rng"])
+        bad_steps = int(state.get("bad_steps", 0))
+        rng_by_rank = state.get("rng_by_rank") or [state["rng"]]
+        if len(rng_by_rank) != dist.world_size:
+            raise CheckpointError(
+                f"{last_dir} was written by {len(rng_by_rank)} process(es); resume it with the "
+                f"same number (torchrun --nproc_per_node={len(rng_by_rank)})"
+            )
+        ckpt.restore_rng_state(rng_by_rank[dist.rank])
         train_batches.load_state(ckpt.decode_tensor(state["data_cursor"]))
         if state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
+        if ema is not None:
+            if not (last.path / "ema.safetensors").is_file():
+                raise CheckpointError(
+                    f"{last_dir} has no EMA weights but train.ema_decay is set; resume without "
+                    f"train.ema_decay, or pass --no-resume"
+                )
+            ema.load_state_dict(ckpt.load_ema_state(last), int(state.get("ema_updates", 0)))
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # --- what records the run (rank 0 only)
     config_toml = config_to_toml(config)
-    (run_dir / "config.toml").write_text(config_toml, "utf-8")
-    all_callbacks: list[Callback] = [MetricsFile(run_dir / "metrics.jsonl"), *callbacks]
-    if config.tracking.tensorboard:
-        all_callbacks.append(TrackerCallback(TensorBoardTracker(run_dir / "tb")))
+    all_callbacks: list[Callback] = []
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config_toml, "utf-8")
+        all_callbacks = [*builtin_callbacks(config, workdir, run_dir), *user_callbacks]
+    control = TrainControl()
 
     def emit(hook: str, event: Any) -> None:
         for callback in all_callbacks:
             getattr(callback, hook)(event)
 
-    forward = maybe_compile(model, tcfg.compile, device, lambda msg: print(msg))
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum_steps * config.model.block_size
+    # --- wrappers: DDP for gradient averaging, torch.compile for speed
+    wrapped: nn.Module = model
+    if dist.enabled:
+        ddp_device = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
+    forward = maybe_compile(wrapped, tcfg.compile, device, lambda msg: print(msg))
+    world_tokens_per_step = (
+        tcfg.batch_size * tcfg.grad_accum_steps * config.model.block_size * dist.world_size
+    )
+    peak = peak_flops(device, precision.dtype)
+    flops_per_token = model.flops_per_token()
 
     def state_dict(iteration: int, wall_s: float) -> dict[str, Any]:
+        rng = ckpt.capture_rng_state()
+        rng_by_rank = dist.gather_objects(rng)  # collective: every rank calls save()
         return {
             "iter": iteration,
             "best_val_loss": None if math.isinf(best_val) else best_val,
             "best_iter": best_iter,
             "wall_s": wall_s,
-            "rng": ckpt.capture_rng_state(),
+            "bad_steps": bad_steps,
+            "ema_updates": ema.updates if ema is not None else 0,
+            "rng": rng,
+            "rng_by_rank": rng_by_rank if dist.enabled else None,
+            "world_size": dist.world_size,
             "data_cursor": ckpt.encode_tensor(train_batches.state()),
             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "model": config.model.model_dump(mode="json"),
@@ -246,15 +384,31 @@ def train(
         }
 
     def save(kind: str, iteration: int, wall_s: float) -> None:
-        path = ckpt.save_checkpoint(
-            run_dir / "checkpoints" / kind,
-            model=model,
-            optimizer=optimizer if kind == "last" else None,
-            state=state_dict(iteration, wall_s),
-            config_toml=config_toml,
-            tokenizer_dir=tokenizer_dir,
-        )
-        emit("on_checkpoint", CheckpointEvent(kind, iteration, path))
+        state = state_dict(iteration, wall_s)
+        if dist.is_main:
+            path = ckpt.save_checkpoint(
+                run_dir / "checkpoints" / kind,
+                model=model,
+                optimizer=optimizer if kind == "last" else None,
+                state=state,
+                config_toml=config_toml,
+                tokenizer_dir=tokenizer_dir,
+                ema=ema.state_dict() if ema is not None else None,
+                keep=tcfg.keep_last if kind == "last" else tcfg.keep_best,
+            )
+            emit("on_checkpoint", CheckpointEvent(kind, iteration, path))
+        dist.barrier()
+
+    def evaluate(step: int) -> dict[str, float]:
+        def run() -> dict[str, float]:
+            return estimate_loss(
+                forward, eval_splits, tcfg.eval_iters, precision, tcfg.seed + step, dist
+            )
+
+        if ema is None:
+            return run()
+        with ema.swapped_in():
+            return run()
 
     emit(
         "on_train_start",
@@ -266,107 +420,167 @@ def train(
             str(device),
             str(precision.dtype).removeprefix("torch."),
             config.model_dump(mode="json"),
+            control,
+            resumed,
         ),
     )
 
-    # --- the loop -----------------------------------------------------------------------------
+    # --- the loop
     session_start = time.perf_counter()
     window_start, window_steps = session_start, 0
-    tokens_per_s = 0.0
+    tokens_per_s, mfu, grad_norm = 0.0, None, None
     iteration = start_iter
+    status, stop_reason = "finished", None
     running_loss = torch.zeros((), device=device)
-    with stop_on_signals() as stop:
-        if iteration == 0 and tcfg.max_iters > 0:
-            losses = estimate_loss(forward, eval_splits, tcfg.eval_iters, precision, tcfg.seed)
-            emit(
-                "on_eval",
-                EvalEvent(
-                    0,
-                    losses["train"],
-                    losses["val"],
-                    learning_rate_at(0, tcfg),
-                    0.0,
-                    best_val,
-                    False,
-                ),
-            )
-        while iteration < tcfg.max_iters:
-            lr = learning_rate_at(iteration, tcfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            running_loss.zero_()
-            for _ in range(tcfg.grad_accum_steps):
-                x, y = train_batches.next_batch()  # a fresh micro-batch every time
-                with precision.autocast():
-                    _, loss = forward(x, y)
-                assert loss is not None
-                loss = loss / tcfg.grad_accum_steps
-                running_loss += loss.detach()
-                scaler.scale(loss).backward()
-            if tcfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            iteration += 1
-            window_steps += 1
-
-            done = iteration == tcfg.max_iters
-            if iteration % tcfg.log_interval == 0 or done:
-                step_loss = running_loss.item()  # the only host sync between evaluations
-                now = time.perf_counter()
-                tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
-                window_start, window_steps = now, 0
-                emit("on_log", LogEvent(iteration, step_loss, lr, tokens_per_s))
-            if iteration % tcfg.eval_interval == 0 or done:
-                losses = estimate_loss(
-                    forward, eval_splits, tcfg.eval_iters, precision, tcfg.seed + iteration
-                )
-                is_best = losses["val"] < best_val
-                if is_best:
-                    best_val, best_iter = losses["val"], iteration
-                wall = wall_before + time.perf_counter() - session_start
-                if is_best:
-                    save("best", iteration, wall)
+    try:
+        with stop_on_signals() as stop:
+            if iteration == 0 and tcfg.max_iters > 0:
+                losses = evaluate(0)
                 emit(
                     "on_eval",
                     EvalEvent(
-                        iteration,
-                        losses["train"],
-                        losses["val"],
-                        lr,
-                        tokens_per_s,
-                        best_val,
-                        is_best,
+                        0, losses["train"], losses["val"], learning_rate_at(0, tcfg), 0.0,
+                        best_val, False, best_iter,
                     ),
+                )  # fmt: skip
+            while iteration < tcfg.max_iters:
+                lr = learning_rate_at(iteration, tcfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                running_loss.zero_()
+                for micro_step in range(tcfg.grad_accum_steps):
+                    x, y = train_batches.next_batch()  # a fresh micro-batch every time
+                    # DDP all-reduces gradients only on the last micro-step.
+                    syncing = micro_step == tcfg.grad_accum_steps - 1
+                    sync_context = (
+                        wrapped.no_sync()  # type: ignore[operator]
+                        if dist.enabled and not syncing
+                        else contextlib.nullcontext()
+                    )
+                    with sync_context, precision.autocast():
+                        _, loss = forward(x, y)
+                    assert loss is not None
+                    loss = loss / tcfg.grad_accum_steps
+                    running_loss += loss.detach()
+                    with sync_context:
+                        scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
                 )
-            if iteration % tcfg.checkpoint_interval == 0 or done or stop.is_set():
-                save("last", iteration, wall_before + time.perf_counter() - session_start)
-            if window_steps == 0:
-                # Evaluation and saving are not training throughput: restart the clock after them.
-                window_start = time.perf_counter()
-            if stop.is_set() and not done:
-                emit("on_train_end", {"interrupted": True, "iters": iteration})
-                raise TrainingInterrupted(
-                    f"interrupted at iter {iteration}; saved {last_dir} — run the same command "
-                    f"again to resume"
-                )
+                # One host sync per step: skip the update when the loss (or, without a grad
+                # scaler, which handles overflow itself, the gradient) is NaN/Inf. Every rank
+                # takes the same decision.
+                bad = ~torch.isfinite(running_loss)
+                if not scaler.is_enabled():
+                    bad = bad | ~torch.isfinite(norm)
+                step_is_bad = bool(dist.any(bad.float()).item())
+                if step_is_bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_steps += 1
+                    if bad_steps > tcfg.max_bad_steps:
+                        raise TrainingError(
+                            f"loss or gradients were NaN/Inf in {bad_steps} steps (last at iter "
+                            f"{iteration}), more than train.max_bad_steps={tcfg.max_bad_steps}; "
+                            f"lower train.learning_rate, raise train.warmup_iters, or use "
+                            f"train.dtype=float32. {last_dir} holds the last good state"
+                        )
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update()
+                    grad_norm = float(norm)
+                iteration += 1
+                window_steps += 1
 
-    wall_s = wall_before + time.perf_counter() - session_start
-    session_iters = tcfg.max_iters - start_iter
+                done = iteration == tcfg.max_iters
+                if iteration % tcfg.log_interval == 0 or done:
+                    step_loss = float(dist.mean(running_loss).item())
+                    now = time.perf_counter()
+                    tokens_per_s = (
+                        window_steps * world_tokens_per_step / max(now - window_start, 1e-9)
+                    )
+                    if peak is not None:
+                        mfu = tokens_per_s * flops_per_token / (peak * dist.world_size)
+                    window_start, window_steps = now, 0
+                    emit(
+                        "on_log",
+                        LogEvent(iteration, step_loss, lr, tokens_per_s, grad_norm, mfu, bad_steps),
+                    )
+                if tcfg.sample_interval and iteration % tcfg.sample_interval == 0 and dist.is_main:
+                    if ema is None:
+                        text = generate_sample(model, config, tokenizer, device, iteration)
+                    else:
+                        with ema.swapped_in():
+                            text = generate_sample(model, config, tokenizer, device, iteration)
+                    emit("on_sample", SampleEvent(iteration, text))
+                    window_steps = 0  # sampling is not training throughput
+                if iteration % tcfg.eval_interval == 0 or done:
+                    losses = evaluate(iteration)
+                    is_best = losses["val"] < best_val
+                    if is_best:
+                        best_val, best_iter = losses["val"], iteration
+                        save("best", iteration, wall_before + time.perf_counter() - session_start)
+                    emit(
+                        "on_eval",
+                        EvalEvent(
+                            iteration, losses["train"], losses["val"], lr, tokens_per_s,
+                            best_val, is_best, best_iter,
+                        ),
+                    )  # fmt: skip
+                # SIGINT/SIGTERM (any rank) and early-stop requests (rank 0's callbacks),
+                # agreed on by all ranks in one all-reduce.
+                signalled, early = dist.agree(
+                    [stop.is_set(), control.stop_reason is not None], device
+                )
+                stop_requested = signalled and not done
+                if early and not done:
+                    stop_reason = control.stop_reason or "early stop (requested on rank 0)"
+                    status = "early_stopped"
+                if (
+                    iteration % tcfg.checkpoint_interval == 0
+                    or done
+                    or stop_requested
+                    or stop_reason is not None
+                ):
+                    save("last", iteration, wall_before + time.perf_counter() - session_start)
+                if window_steps == 0:
+                    # Evaluation and saving are not training throughput: restart the clock.
+                    window_start = time.perf_counter()
+                if stop_reason is not None:
+                    break
+                if stop_requested:
+                    status = "interrupted"
+                    emit("on_train_end", {"status": status, "iters": iteration})
+                    raise TrainingInterrupted(
+                        f"interrupted at iter {iteration}; saved {last_dir} — run the same "
+                        f"command again to resume"
+                    )
+    except BaseException:
+        if status != "interrupted":
+            emit("on_train_end", {"status": "failed", "iters": iteration})
+        raise
+
+    session_s = time.perf_counter() - session_start
+    session_iters = iteration - start_iter
     summary = {
         "best_val_loss": None if math.isinf(best_val) else best_val,
         "best_iter": best_iter,
         "iters": iteration,
-        "wall_s": wall_s,
-        "tokens_per_s": session_iters
-        * tokens_per_step
-        / max(time.perf_counter() - session_start, 1e-9),
+        "wall_s": wall_before + session_s,
+        "tokens_per_s": session_iters * world_tokens_per_step / max(session_s, 1e-9),
+        "mfu": mfu,
         "num_params": model.num_params(),
         "device": str(device),
         "dtype": str(precision.dtype).removeprefix("torch."),
+        "world_size": dist.world_size,
+        "bad_steps": bad_steps,
+        "status": status,
+        "stop_reason": stop_reason,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    if dist.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     emit("on_train_end", summary)
     return TrainResult(run_dir, summary)
