@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from ml_playground.config.loading import config_to_toml, list_presets, resolve_config
@@ -114,12 +124,33 @@ def config_show(
 
 
 def _run_prepare(cfg: ExperimentConfig, workdir: Path, force: bool) -> PrepareResult:
-    result = prepare_dataset(cfg.data, workdir, cfg.name, force=force)
+    bar = Progress(
+        TextColumn("[bold]prepare {task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done)
+
+    started = time.perf_counter()
+    with bar:
+        result = prepare_dataset(cfg.data, workdir, cfg.name, force=force, progress=progress)
+    seconds = time.perf_counter() - started
     info = result.info
     verb = "up to date (use --force to redo)" if result.skipped else "prepared"
     err.print(
         f"dataset {verb}: {result.directory} — {info['train_tokens']:,} train / "
-        f"{info['val_tokens']:,} val tokens, vocab {info['vocab_size']}, {info['dtype']}"
+        f"{info['val_tokens']:,} val tokens, vocab {info['vocab_size']}, {info['dtype']}, "
+        f"{info['documents']:,} documents"
+        + ("" if result.skipped else f", {info['source_bytes'] / 1e6 / seconds:.1f} MB/s")
     )
     return result
 

@@ -11,8 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CorpusKind = Literal["shakespeare", "file", "dir"]
-TokenizerKind = Literal["char"]
+CorpusKind = Literal["shakespeare", "file", "dir", "jsonl", "pystdlib"]
+TokenizerKind = Literal[
+    "char", "bpe", "sentencepiece_bpe", "sentencepiece_unigram", "tiktoken", "hf"
+]
+TRAINED_TOKENIZERS = ("bpe", "sentencepiece_bpe", "sentencepiece_unigram")
+NAMED_TOKENIZERS = ("tiktoken", "hf")
 DeviceKind = Literal["auto", "cpu", "cuda", "mps"]
 DtypeKind = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -26,11 +30,43 @@ class Section(BaseModel):
 class DataConfig(Section):
     corpus: CorpusKind = Field(
         "shakespeare",
-        description="Where the text comes from: the bundled Shakespeare plays, one file, or a "
-        "directory of .txt files.",
+        description="Where the text comes from: the bundled Shakespeare plays, one file, a "
+        "directory of text files, a JSONL file, or the Python standard library's own source.",
     )
-    path: str | None = Field(None, description="File or directory for corpus 'file' / 'dir'.")
+    path: str | None = Field(
+        None, description="File or directory for corpus 'file' / 'dir' / 'jsonl'."
+    )
+    glob: str = Field("*.txt", description="Which files of a 'dir' corpus to read (recursive).")
+    text_field: str = Field("text", description="The JSON field holding the text ('jsonl').")
+    errors: Literal["strict", "replace"] = Field(
+        "strict",
+        description="Invalid UTF-8: 'strict' stops with the file and byte offset, 'replace' "
+        "substitutes U+FFFD.",
+    )
     tokenizer: TokenizerKind = Field("char", description="How text becomes tokens.")
+    vocab_size: int | None = Field(
+        None,
+        ge=32,
+        le=2**32 - 1,
+        description="Vocabulary size to train (bpe, sentencepiece_*); the others bring their own.",
+    )
+    tokenizer_name: str | None = Field(
+        None,
+        description="tiktoken: an encoding name or a .tiktoken file; hf: a local directory or a "
+        "Hub id.",
+    )
+    tokenizer_sample_bytes: int = Field(
+        50_000_000,
+        ge=1_000,
+        description="Train a bpe/sentencepiece tokenizer on at most this much text (bounds "
+        "memory and time on big corpora).",
+    )
+    num_workers: int = Field(
+        0, ge=0, description="Processes that encode text in parallel (0 = one per CPU core)."
+    )
+    shard_tokens: int = Field(
+        100_000_000, ge=1_000, description="Tokens per output shard file before a new one starts."
+    )
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation."
     )
@@ -38,10 +74,22 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _path_matches_corpus(self) -> DataConfig:
-        if self.corpus in ("file", "dir") and not self.path:
+        if self.corpus in ("file", "dir", "jsonl") and not self.path:
+            example = {"file": "file.txt", "dir": "folder", "jsonl": "data.jsonl"}[self.corpus]
             raise ValueError(
-                f"data.corpus='{self.corpus}' needs data.path: add data.path=/path/to/your/"
-                f"{'file.txt' if self.corpus == 'file' else 'folder'}"
+                f"data.corpus='{self.corpus}' needs data.path: add "
+                f"data.path=/path/to/your/{example}"
+            )
+        if self.tokenizer in TRAINED_TOKENIZERS and self.vocab_size is None:
+            raise ValueError(
+                f"data.tokenizer='{self.tokenizer}' is trained on the corpus and needs "
+                f"data.vocab_size (e.g. data.vocab_size=4096)"
+            )
+        if self.tokenizer in NAMED_TOKENIZERS and not self.tokenizer_name:
+            example = "cl100k_base" if self.tokenizer == "tiktoken" else "path/to/tokenizer_dir"
+            raise ValueError(
+                f"data.tokenizer='{self.tokenizer}' needs data.tokenizer_name "
+                f"(e.g. data.tokenizer_name={example})"
             )
         return self
 

@@ -11,6 +11,7 @@ see exactly what one process with the global batch would see, and the cursor is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,15 @@ from ml_playground.errors import DataError
 
 
 class TokenBatches:
-    """Draws (input, target) windows of `block_size` tokens from one split."""
+    """Draws (input, target) windows of `block_size` tokens from one split's shard files.
+
+    A window never crosses a shard boundary; a window start is uniform over all valid starts of
+    all shards, so bigger shards are sampled proportionally more.
+    """
 
     def __init__(
         self,
-        path: Path,
+        path: Path | Sequence[Path],
         dtype: str,
         block_size: int,
         batch_size: int,
@@ -33,14 +38,22 @@ class TokenBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if not path.is_file():
-            raise DataError(f"missing token file {path}; re-run `ml-playground prepare --force`")
-        self.tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-        if len(self.tokens) <= block_size:
+        paths = [path] if isinstance(path, Path) else list(path)
+        for file in paths:
+            if not file.is_file():
+                raise DataError(
+                    f"missing token file {file}; re-run `ml-playground prepare --force`"
+                )
+        self.shards = [np.memmap(file, dtype=np.dtype(dtype), mode="r") for file in paths]
+        starts_per_shard = [max(len(shard) - block_size, 0) for shard in self.shards]
+        if sum(starts_per_shard) == 0:
+            total = sum(len(shard) for shard in self.shards)
             raise DataError(
-                f"{path.name} holds {len(self.tokens)} tokens, fewer than block_size+1="
+                f"{paths[0].name} holds {total} tokens, fewer than block_size+1="
                 f"{block_size + 1}; lower model.block_size or add text"
             )
+        # Cumulative window starts: a global index maps to (shard, offset) by binary search.
+        self.cumulative = np.cumsum(starts_per_shard)
         self.block_size = block_size
         self.batch_size = batch_size
         self.device = device
@@ -48,16 +61,19 @@ class TokenBatches:
         self.world_size = world_size
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def tokens(self) -> np.ndarray:
+        """The first shard (most datasets have exactly one)."""
+        return self.shards[0]
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         global_starts = torch.randint(
-            len(self.tokens) - self.block_size,
+            int(self.cumulative[-1]),
             (self.batch_size * self.world_size,),
             generator=self.generator,
         ).numpy()
         starts = global_starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        windows = np.stack(
-            [self.tokens[s : s + self.block_size + 1].astype(np.int64) for s in starts]
-        )
+        windows = np.stack([self._window(int(index)) for index in starts])
         batch = torch.from_numpy(windows)
         if self.device.type == "cuda":
             # Pinned host memory lets the copy overlap with the previous step's compute.
@@ -65,6 +81,11 @@ class TokenBatches:
         else:
             batch = batch.to(self.device)
         return batch[:, :-1], batch[:, 1:]
+
+    def _window(self, index: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.cumulative, index, side="right"))
+        offset = index - (int(self.cumulative[shard - 1]) if shard else 0)
+        return self.shards[shard][offset : offset + self.block_size + 1].astype(np.int64)
 
     def state(self) -> torch.Tensor:
         """The cursor: this split's generator state (a uint8 tensor)."""

@@ -1,31 +1,47 @@
 """`prepare`: corpus → tokenizer + train/val token shards + `dataset.json`, atomically.
 
-The dataset directory is built next to its final place and renamed into it, so a crash leaves
-either the old dataset or the new one, never half of each. Re-running with the same corpus and
-the same settings is a no-op unless `force` is set.
+    manifest   one streaming pass: fingerprint the source, find documents and chunk boundaries
+    split      whole documents to train or val (seeded), or each document's tail when there are
+               too few documents to split
+    tokenizer  trained on (a sample of) the training text, or loaded (tiktoken, hf)
+    encode     units → token ids in parallel worker processes (`data.num_workers`), written in
+               manifest order to uint16/uint32 shards, a separator after every document
+
+Memory stays bounded by a few chunks per worker whatever the corpus size. The dataset directory
+is built next to its final place and renamed into it, so a crash leaves either the old dataset or
+the new one. Re-running with the same corpus and settings is a no-op unless `force` is set.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import multiprocessing
+import os
 import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ml_playground.config.schema import DataConfig
-from ml_playground.data.corpora import Document, corpus_fingerprint, iter_documents
-from ml_playground.data.tokenizers import Tokenizer, train_tokenizer
+from ml_playground.data.corpora import Manifest, build_manifest, read_unit
+from ml_playground.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from ml_playground.errors import DataError
 from ml_playground.fsutil import replace_dir
 
-FORMAT_VERSION = 1
-DOCUMENT_SEPARATOR = "\n\n"
-# Below this many documents a whole-document split is too coarse; split each document's tail.
-MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT = 10
+FORMAT_VERSION = 2
+# The char tokenizer has no end-of-text token: documents are separated by a blank line instead.
+TEXT_SEPARATOR = "\n\n"
+# Below this many units a whole-document split is too coarse; split each document's tail.
+MIN_UNITS_FOR_DOCUMENT_SPLIT = 10
+# Below this much text, worker processes cost more than they save.
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+UNITS_PER_TASK = 8
+
+Progress = Callable[[str, int, int], None]  # (phase, done bytes, total bytes)
 
 
 @dataclass(frozen=True)
@@ -44,48 +60,30 @@ def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def split_documents(
-    documents: list[Document], val_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """Deterministic train/val split: whole documents when there are enough, else each tail.
+def split_units(lengths: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, bool]:
+    """(is_val per unit, tail_split): deterministic, seeded.
 
-    With many documents, a seeded shuffle picks whole documents for validation until they hold
-    `val_fraction` of the characters, so validation text is unseen in style as well as content.
-    With few (a single file), the last `val_fraction` of each document is held out, as nanoGPT does.
+    With enough units, a seeded permutation picks whole units for validation until they hold
+    `val_fraction` of the bytes, so validation text is unseen in style as well as content. With
+    few (a single file), every unit's last `val_fraction` is held out instead, as nanoGPT does.
     """
-    if len(documents) >= MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT:
-        order = list(range(len(documents)))
-        random.Random(seed).shuffle(order)
-        target = val_fraction * sum(len(doc.text) for doc in documents)
-        val_ids: set[int] = set()
-        held = 0
-        for index in order:
-            if held >= target:
-                break
-            val_ids.add(index)
-            held += len(documents[index].text)
-        train = [doc.text for i, doc in enumerate(documents) if i not in val_ids]
-        val = [doc.text for i, doc in enumerate(documents) if i in val_ids]
-        return train, val
-    train, val = [], []
-    for doc in documents:
-        cut = int(len(doc.text) * (1.0 - val_fraction))
-        train.append(doc.text[:cut])
-        val.append(doc.text[cut:])
-    return train, val
+    count = int(lengths.size)
+    is_val = np.zeros(count, dtype=bool)
+    if count < MIN_UNITS_FOR_DOCUMENT_SPLIT:
+        return is_val, True
+    order = np.random.default_rng(seed).permutation(count)
+    held = np.cumsum(lengths[order])
+    target = val_fraction * float(lengths.sum())
+    # Take units until the target is reached (at least one, never all).
+    take = min(max(int(np.searchsorted(held, target)) + 1, 1), count - 1)
+    is_val[order[:take]] = True
+    return is_val, False
 
 
-def _settings(config: DataConfig) -> dict[str, Any]:
-    """The settings that change the prepared tokens (the path alone does not: the content does)."""
-    return config.model_dump(mode="json", exclude={"path"}) | {"format_version": FORMAT_VERSION}
-
-
-def _write_tokens(path: Path, texts: list[str], tokenizer: Tokenizer, dtype: Any) -> int:
-    ids = tokenizer.encode(DOCUMENT_SEPARATOR.join(texts))
-    array = np.asarray(ids, dtype=dtype)
-    with path.open("wb") as handle:
-        array.tofile(handle)
-    return int(array.size)
+def dataset_settings(config: DataConfig) -> dict[str, Any]:
+    """What changes the prepared tokens (not the path, nor the worker count: the content does)."""
+    exclude = {"path", "num_workers"}
+    return config.model_dump(mode="json", exclude=exclude) | {"format_version": FORMAT_VERSION}
 
 
 def read_dataset_info(directory: Path) -> dict[str, Any] | None:
@@ -96,49 +94,283 @@ def read_dataset_info(directory: Path) -> dict[str, Any] | None:
     return info
 
 
+# --- encoding (runs in worker processes) ---------------------------------------------------------
+@dataclass(frozen=True)
+class EncodeTask:
+    """Units to encode, by index; everything else the worker needs is in `_WORKER`."""
+
+    units: tuple[int, ...]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(
+    tokenizer_dir: Path, manifest: Manifest, config: DataConfig, is_val: np.ndarray, tail: bool
+) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _WORKER.update(
+        tokenizer=load_tokenizer(tokenizer_dir),
+        manifest=manifest,
+        config=config,
+        is_val=is_val,
+        tail=tail,
+    )
+
+
+def _separator(tokenizer: Tokenizer) -> list[int]:
+    if tokenizer.eot_id is not None:
+        return [tokenizer.eot_id]
+    return tokenizer.encode(TEXT_SEPARATOR)
+
+
+def _encode_task(task: EncodeTask) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Token arrays for train and val from the task's units, plus the bytes read."""
+    tokenizer: Tokenizer = _WORKER["tokenizer"]
+    manifest: Manifest = _WORKER["manifest"]
+    config: DataConfig = _WORKER["config"]
+    dtype = token_dtype(tokenizer.vocab_size)
+    separator = _separator(tokenizer)
+    texts: list[str] = []
+    done = 0
+    for unit in task.units:
+        file = int(manifest.file_index[unit])
+        length = int(manifest.length[unit])
+        text = read_unit(
+            manifest.files[file],
+            manifest.names[file],
+            int(manifest.start[unit]),
+            length,
+            manifest.jsonl,
+            config,
+        )
+        done += length
+        if _WORKER["tail"]:
+            cut = int(len(text) * (1.0 - config.val_fraction))
+            texts += [text[:cut], text[cut:]]
+        else:
+            texts.append(text)
+    # One batch call: the Rust tokenizers spread it over every core.
+    encoded = tokenizer.encode_batch(texts)
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    if _WORKER["tail"]:
+        for head, tail in zip(encoded[::2], encoded[1::2], strict=True):
+            train.append(np.asarray(head + separator, dtype=dtype))
+            val.append(np.asarray(tail + separator, dtype=dtype))
+        return train, val, done
+    for unit, ids in zip(task.units, encoded, strict=True):
+        ends = bool(manifest.ends_document[unit])
+        array = np.asarray(ids + (separator if ends else []), dtype=dtype)
+        (val if _WORKER["is_val"][unit] else train).append(array)
+    return train, val, done
+
+
+class ShardWriter:
+    """Appends token arrays to `<split>-00000.bin`, `<split>-00001.bin`, ... of bounded size."""
+
+    def __init__(self, directory: Path, split: str, shard_tokens: int) -> None:
+        self.directory, self.split, self.shard_tokens = directory, split, shard_tokens
+        self.files: list[Path] = []
+        self.counts: list[int] = []
+        self.handle: BinaryIO | None = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            if self.handle is None or self.counts[-1] >= self.shard_tokens:
+                self._next_shard()
+            assert self.handle is not None
+            room = self.shard_tokens - self.counts[-1]
+            head, tokens = tokens[:room], tokens[room:]
+            head.tofile(self.handle)
+            self.counts[-1] += int(head.size)
+
+    def _next_shard(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        path = self.directory / f"{self.split}-{len(self.files):05d}.bin"
+        self.files.append(path)
+        self.counts.append(0)
+        self.handle = path.open("wb")
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish; a split that fits in one shard is simply `<split>.bin`."""
+        if self.handle is not None:
+            self.handle.close()
+        if len(self.files) == 1:
+            single = self.directory / f"{self.split}.bin"
+            self.files[0].rename(single)
+            self.files = [single]
+        return [
+            {"file": path.name, "tokens": count}
+            for path, count in zip(self.files, self.counts, strict=True)
+        ]
+
+
+def _tasks(num_units: int) -> Iterator[EncodeTask]:
+    for first in range(0, num_units, UNITS_PER_TASK):
+        yield EncodeTask(tuple(range(first, min(first + UNITS_PER_TASK, num_units))))
+
+
+def _worker_count(config: DataConfig, total_bytes: int) -> int:
+    if total_bytes < PARALLEL_MIN_BYTES and config.num_workers == 0:
+        return 1
+    return config.num_workers or min(os.cpu_count() or 1, 8)
+
+
+def _encode_all(
+    manifest: Manifest,
+    config: DataConfig,
+    is_val: np.ndarray,
+    tail: bool,
+    tokenizer_dir: Path,
+    writers: dict[str, ShardWriter],
+    progress: Progress | None,
+) -> None:
+    """Encode every unit; results are written in manifest order whatever the worker count."""
+    args = (tokenizer_dir, manifest, config, is_val, tail)
+    workers = _worker_count(config, manifest.total_bytes)
+    done, total = 0, manifest.total_bytes
+
+    def consume(results: Iterator[tuple[list[np.ndarray], list[np.ndarray], int]]) -> None:
+        nonlocal done
+        for train, val, nbytes in results:
+            for array in train:
+                writers["train"].write(array)
+            for array in val:
+                writers["val"].write(array)
+            done += nbytes
+            if progress is not None:
+                progress("encode", done, total)
+
+    if workers <= 1:
+        _init_worker(*args)
+        try:
+            consume(_encode_task(task) for task in _tasks(manifest.num_units))
+        finally:
+            _WORKER.clear()
+        return
+    context = multiprocessing.get_context("spawn")  # no fork after torch/threads
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=args
+    ) as pool:
+        # `map` would submit every task at once; a window of 4 per worker bounds memory.
+        window = workers * 4
+        pending: list[Any] = []
+        for task in _tasks(manifest.num_units):
+            pending.append(pool.submit(_encode_task, task))
+            if len(pending) >= window:
+                consume(iter([pending.pop(0).result()]))
+        consume(future.result() for future in pending)
+
+
+# --- tokenizer training --------------------------------------------------------------------------
+def _training_texts(
+    manifest: Manifest, config: DataConfig, is_val: np.ndarray, tail: bool
+) -> Iterator[str]:
+    """Text the tokenizer learns from.
+
+    char: every unit (a character only in validation text would otherwise be unencodable).
+    trained kinds: training units in a seeded order, up to `data.tokenizer_sample_bytes`.
+    """
+    if config.tokenizer == "char":
+        order: Sequence[int] = range(manifest.num_units)
+        budget = None
+    else:
+        candidates = np.flatnonzero(~is_val)
+        order = np.random.default_rng(config.seed + 1).permutation(candidates).tolist()
+        budget = config.tokenizer_sample_bytes
+    used = 0
+    for unit in order:
+        file = int(manifest.file_index[unit])
+        text = read_unit(
+            manifest.files[file],
+            manifest.names[file],
+            int(manifest.start[unit]),
+            int(manifest.length[unit]),
+            manifest.jsonl,
+            config,
+        )
+        if tail and config.tokenizer != "char":
+            text = text[: int(len(text) * (1.0 - config.val_fraction))]
+        yield text
+        used += int(manifest.length[unit])
+        if budget is not None and used >= budget:
+            return
+    if config.tokenizer == "char":
+        yield TEXT_SEPARATOR
+
+
 def prepare_dataset(
-    config: DataConfig, workdir: Path, experiment: str, force: bool = False
+    config: DataConfig,
+    workdir: Path,
+    experiment: str,
+    force: bool = False,
+    progress: Progress | None = None,
 ) -> PrepareResult:
     """Prepare (or reuse) `datasets/<experiment>/`."""
-    documents = list(iter_documents(config))
-    fingerprint = corpus_fingerprint(documents)
-    settings = _settings(config)
+    manifest = build_manifest(config)
+    settings = dataset_settings(config)
     target = dataset_dir(workdir, experiment)
     existing = read_dataset_info(target)
     if (
         not force
         and existing is not None
-        and existing.get("source_hash") == fingerprint
+        and existing.get("source_hash") == manifest.fingerprint
         and existing.get("settings") == settings
     ):
         return PrepareResult(target, existing, skipped=True)
 
-    train_texts, val_texts = split_documents(documents, config.val_fraction, config.seed)
-    if not "".join(val_texts) or not "".join(train_texts):
-        raise DataError("the corpus is too small to split into train and validation text")
-    tokenizer = train_tokenizer(config.tokenizer, [doc.text for doc in documents])
-    dtype = token_dtype(tokenizer.vocab_size)
-
+    is_val, tail = split_units(manifest.length, config.val_fraction, config.seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{experiment}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    if progress is not None:
+        progress("tokenizer", 0, manifest.total_bytes)
+    tokenizer = train_tokenizer(config, _training_texts(manifest, config, is_val, tail))
     tokenizer.save(staging / "tokenizer")
+    dtype = token_dtype(tokenizer.vocab_size)
+
+    writers = {
+        split: ShardWriter(staging, split, config.shard_tokens) for split in ("train", "val")
+    }
+    try:
+        _encode_all(manifest, config, is_val, tail, staging / "tokenizer", writers, progress)
+    finally:
+        shards = {split: writer.close() for split, writer in writers.items()}
+    counts = {split: sum(s["tokens"] for s in shards[split]) for split in shards}
+    if counts["val"] == 0 or counts["train"] == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError("the corpus is too small to split into train and validation text")
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "source_hash": fingerprint,
+        "source_hash": manifest.fingerprint,
         "settings": settings,
         "tokenizer": tokenizer.kind,
         "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
         "dtype": np.dtype(dtype).name,
-        "documents": len(documents),
-        "source_bytes": sum(len(doc.text.encode("utf-8")) for doc in documents),
-        "train_tokens": _write_tokens(staging / "train.bin", train_texts, tokenizer, dtype),
-        "val_tokens": _write_tokens(staging / "val.bin", val_texts, tokenizer, dtype),
+        "documents": manifest.num_documents,
+        "units": manifest.num_units,
+        "val_documents": int(is_val[manifest.ends_document].sum()) if not tail else 0,
+        "split": "tail" if tail else "document",
+        "source_bytes": manifest.total_bytes,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "shards": shards,
     }
     (staging / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
     replace_dir(staging, target)
     return PrepareResult(target, info, skipped=False)
+
+
+def split_files(directory: Path, info: dict[str, Any], split: str) -> list[Path]:
+    """The token files of one split (one `<split>.bin`, or numbered shards)."""
+    shards = info.get("shards", {}).get(split)
+    if not shards:
+        return [directory / f"{split}.bin"]
+    return [directory / shard["file"] for shard in shards]
 
 
 def require_dataset(workdir: Path, experiment: str) -> tuple[Path, dict[str, Any]]:
@@ -149,5 +381,10 @@ def require_dataset(workdir: Path, experiment: str) -> tuple[Path, dict[str, Any
         raise DataError(
             f"no prepared dataset at {directory}; run `ml-playground prepare {experiment}` "
             f"(with the same --workdir) first"
+        )
+    if info.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{directory} was prepared by an older version; run "
+            f"`ml-playground prepare {experiment} --force`"
         )
     return directory, info

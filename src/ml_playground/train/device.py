@@ -34,7 +34,11 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` → bfloat16 on CUDA that supports it, float16 on older CUDA, float32 elsewhere."""
+    """`auto` → bfloat16 on CUDA that supports it, float16 on older CUDA, float32 elsewhere.
+
+    MPS runs float32 unless asked: autocast there covers fewer ops, and float16 needs the
+    GradScaler (which `Precision.needs_grad_scaler` turns on for every device).
+    """
     if requested == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -46,7 +50,15 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
         )
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainingError("this GPU has no bfloat16 support; use train.dtype=float16")
+    if dtype is torch.bfloat16 and device.type == "mps" and not mps_supports_bfloat16():
+        raise TrainingError(
+            "bfloat16 autocast on MPS needs macOS 14 or newer; use train.dtype=float16 or float32"
+        )
     return dtype
+
+
+def mps_supports_bfloat16() -> bool:
+    return bool(torch.backends.mps.is_macos_or_newer(14, 0))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ steps equals 2N steps straight. SIGINT/SIGTERM finish the current step, save `la
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import random
@@ -40,7 +41,7 @@ from torch import nn
 from ml_playground.config.loading import config_to_toml
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.loader import TokenBatches
-from ml_playground.data.prepare import require_dataset
+from ml_playground.data.prepare import dataset_settings, require_dataset, split_files
 from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
 from ml_playground.errors import CheckpointError, DataError, MLPlaygroundError, TrainingError
 from ml_playground.fsutil import recover_dir
@@ -109,12 +110,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def compile_blocker(device: torch.device) -> str | None:
+    """Why `torch.compile` cannot work here, or None when it can."""
+    if device.type == "mps":
+        return "torch.compile is not supported on MPS"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "torch.compile on CUDA needs Triton, which is not installed"
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (c++, g++ or clang++)"
+    return None
+
+
 def maybe_compile(model: nn.Module, enabled: bool, device: torch.device, say: Any) -> nn.Module:
     """`torch.compile` where it can work; elsewhere a one-line notice and the eager model."""
     if not enabled:
         return model
-    if device.type == "mps":
-        say("notice: train.compile is off on MPS (not supported there); training eagerly")
+    reason = compile_blocker(device)
+    if reason is not None:
+        say(f"notice: train.compile is off ({reason}); training eagerly")
         return model
     return torch.compile(model)  # type: ignore[return-value]
 
@@ -251,10 +264,16 @@ def _train(
     tcfg = config.train
     run_dir = run_dir_for(workdir, config)
     data_dir, dataset_info = require_dataset(workdir, config.name)
-    if dataset_info.get("settings", {}).get("tokenizer") != config.data.tokenizer:
+    prepared_with = dataset_info.get("settings", {})
+    changed = sorted(
+        key
+        for key, value in dataset_settings(config.data).items()
+        if prepared_with.get(key) != value
+    )
+    if changed:
         raise DataError(
-            f"{data_dir} was prepared with another tokenizer; run "
-            f"`ml-playground prepare {config.name} --force`"
+            f"{data_dir} was prepared with other [data] settings ({', '.join(changed)}); run "
+            f"`ml-playground prepare {config.name}` again"
         )
     tokenizer_dir = data_dir / "tokenizer"
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -273,7 +292,7 @@ def _train(
 
     def batches(split: str, seed: int) -> TokenBatches:
         return TokenBatches(
-            data_dir / f"{split}.bin",
+            split_files(data_dir, dataset_info, split),
             dataset_info["dtype"],
             config.model.block_size,
             tcfg.batch_size,
