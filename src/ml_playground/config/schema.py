@@ -67,6 +67,12 @@ class DataConfig(Section):
     shard_tokens: int = Field(
         100_000_000, ge=1_000, description="Tokens per output shard file before a new one starts."
     )
+    max_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Use only the first units of the corpus up to about this many bytes "
+        "(a quick trial on a big corpus).",
+    )
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation."
     )

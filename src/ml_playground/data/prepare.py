@@ -39,7 +39,7 @@ TEXT_SEPARATOR = "\n\n"
 MIN_UNITS_FOR_DOCUMENT_SPLIT = 10
 # Below this much text, worker processes cost more than they save.
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
-UNITS_PER_TASK = 8
+TASK_BYTES = 1024 * 1024
 
 Progress = Callable[[str, int, int], None]  # (phase, done bytes, total bytes)
 
@@ -207,9 +207,23 @@ class ShardWriter:
         ]
 
 
-def _tasks(num_units: int) -> Iterator[EncodeTask]:
-    for first in range(0, num_units, UNITS_PER_TASK):
-        yield EncodeTask(tuple(range(first, min(first + UNITS_PER_TASK, num_units))))
+def _tasks(manifest: Manifest) -> Iterator[EncodeTask]:
+    """Consecutive units grouped up to `TASK_BYTES` of text (at least one unit per task).
+
+    Bounding tasks by bytes, not by count, is what bounds memory: a task's text, its token ids
+    and their arrays are all that a worker holds at once.
+    """
+    units: list[int] = []
+    held = 0
+    for unit in range(manifest.num_units):
+        length = int(manifest.length[unit])
+        if units and held + length > TASK_BYTES:
+            yield EncodeTask(tuple(units))
+            units, held = [], 0
+        units.append(unit)
+        held += length
+    if units:
+        yield EncodeTask(tuple(units))
 
 
 def _worker_count(config: DataConfig, total_bytes: int) -> int:
@@ -246,7 +260,7 @@ def _encode_all(
     if workers <= 1:
         _init_worker(*args)
         try:
-            consume(_encode_task(task) for task in _tasks(manifest.num_units))
+            consume(_encode_task(task) for task in _tasks(manifest))
         finally:
             _WORKER.clear()
         return
@@ -257,7 +271,7 @@ def _encode_all(
         # `map` would submit every task at once; a window of 4 per worker bounds memory.
         window = workers * 4
         pending: list[Any] = []
-        for task in _tasks(manifest.num_units):
+        for task in _tasks(manifest):
             pending.append(pool.submit(_encode_task, task))
             if len(pending) >= window:
                 consume(iter([pending.pop(0).result()]))
