@@ -226,6 +226,20 @@ def builtin_callbacks(config: ExperimentConfig, workdir: Path, run_dir: Path) ->
     return callbacks
 
 
+def drop_metrics_after(path: Path, iteration: int) -> None:
+    """Forget evaluations logged after `last` was saved (a crash lost those steps).
+
+    They are about to be recomputed, identically, by the resumed run; keeping them would leave
+    two rows for the same iteration in `metrics.jsonl`.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text("utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["iter"] <= iteration]
+    if len(kept) != len(lines):
+        path.write_text("".join(kept), "utf-8")
+
+
 def clear_run_outputs(run_dir: Path) -> None:
     """--no-resume: remove what a previous run wrote, so nothing mixes into the new one."""
     for name in RUN_OUTPUTS:
@@ -363,6 +377,8 @@ def _train(
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_toml, "utf-8")
+        if resumed:
+            drop_metrics_after(run_dir / "metrics.jsonl", start_iter)
         all_callbacks = [*builtin_callbacks(config, workdir, run_dir), *user_callbacks]
     control = TrainControl()
 
