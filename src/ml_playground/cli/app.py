@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from rich.table import Table
 from ml_playground.config.loading import config_to_toml, list_presets, resolve_config
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.prepare import PrepareResult, prepare_dataset
-from ml_playground.errors import CheckpointError, MLPlaygroundError
+from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
 from ml_playground.generate.service import encode_prompt, load_for_inference, sample_texts
 from ml_playground.train.callbacks import ProgressBar
 from ml_playground.train.checkpoint import resolve_checkpoint
@@ -270,6 +271,15 @@ def sample(
     weights: Annotated[
         str | None, typer.Option(help="model, or ema (the weights' moving average).")
     ] = None,
+    repetition_penalty: Annotated[
+        float | None, typer.Option(help="CTRL repetition penalty (1 = off).")
+    ] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop at this string (repeatable).")
+    ] = None,
+    min_new_tokens: Annotated[
+        int | None, typer.Option(help="No end-of-text before this many tokens.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"samples": [...]}.')] = False,
     debug: Debug = False,
 ) -> None:
@@ -287,6 +297,9 @@ def sample(
             seed=seed,
             checkpoint=checkpoint,
             weights=weights,
+            repetition_penalty=repetition_penalty,
+            stop=stop or None,
+            min_new_tokens=min_new_tokens,
         )
         _run_sample(load_config(experiment, overrides, config, flags), workdir, as_json)
 
@@ -305,6 +318,97 @@ def loop(
         _run_prepare(cfg, workdir, force=False)
         _run_train(cfg, workdir, resume=True)
         _run_sample(cfg, workdir, as_json=False)
+
+
+def _run_serve(
+    experiment: str,
+    overrides: list[str] | None,
+    config_file: Path | None,
+    workdir: Path,
+    flags: dict[str, Any],
+) -> None:
+    """Resolve the checkpoint (an experiment's best/last, or a checkpoint dir) and serve it."""
+    target = Path(experiment)
+    is_checkpoint = target.is_dir() and (target / "config.toml").is_file()
+    if is_checkpoint and "checkpoint" in flags["serve"]:
+        raise ConfigError(f"{target} is a checkpoint already; drop --checkpoint")
+    # A checkpoint directory brings its own config, which overrides and flags layer over.
+    source = str(target / "config.toml") if is_checkpoint else experiment
+    cfg = load_config(source, overrides, config_file, flags)
+    if is_checkpoint:
+        path = target
+    else:
+        path = resolve_checkpoint(run_dir_for(workdir, cfg), cfg.serve.checkpoint)
+        if cfg.serve.checkpoint == "best" and not path.exists():
+            fallback = resolve_checkpoint(run_dir_for(workdir, cfg), "last")
+            if fallback.exists():
+                err.print("notice: no `best` checkpoint yet; serving `last`")
+                path = fallback
+        if not path.exists():
+            raise CheckpointError(
+                f"no checkpoint at {path}; run `ml-playground train {cfg.name}` first "
+                f"(with the same --workdir and train.run_name), or pass a checkpoint directory"
+            )
+    try:
+        import uvicorn
+
+        from ml_playground.serve.app import create_app
+    except ImportError as exc:
+        raise MLPlaygroundError(
+            f"serving needs the `serve` extra ({exc.name} is missing): "
+            f"pip install 'ml_playground[serve]'"
+        ) from None
+    loaded = load_for_inference(path, cfg.train.device, cfg.serve.weights)
+    app = create_app(loaded, cfg.serve, model_id=cfg.name)
+    host, port = cfg.serve.host, cfg.serve.port
+    try:  # bind here, so a taken port is a one-line user error and port 0 can be reported
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise MLPlaygroundError(f"cannot listen on {host}:{port}: {reason}") from None
+    url = f"http://{host if family == socket.AF_INET else f'[{host}]'}:{sock.getsockname()[1]}"
+    err.print(
+        f"serving {path} as '{cfg.name}' on {url}/ (playground), {url}/v1 (OpenAI-style API)"
+        + (", API key required" if cfg.serve.api_key else "")
+    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+    with sock:
+        server.run(sockets=[sock])
+
+
+@app.command()
+def serve(
+    experiment: Annotated[
+        str, typer.Argument(help="Preset name, .toml path, or a checkpoint directory.")
+    ],
+    overrides: Overrides = None,
+    workdir: Workdir = Path("."),
+    config: ConfigFile = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default 127.0.0.1: this machine only).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8000; 0 = any free).")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ML_PLAYGROUND_API_KEY", help="Require `Authorization: Bearer KEY` on /v1/*."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="best, last, or a checkpoint path.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="model, or ema (the weights' moving average).")
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Serve a checkpoint: OpenAI-style /v1/completions (with streaming) and a web playground."""
+    with user_errors(debug):
+        options = {"host": host, "port": port, "api_key": api_key}
+        options |= {"checkpoint": checkpoint, "weights": weights}
+        flags = {"serve": {key: value for key, value in options.items() if value is not None}}
+        _run_serve(experiment, overrides, config, workdir, flags)
 
 
 def main() -> None:

@@ -215,6 +215,15 @@ class SampleConfig(Section):
     weights: Literal["model", "ema"] = Field(
         "model", description="Sample with the trained weights or their moving average (EMA)."
     )
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="CTRL repetition penalty on tokens already seen (1 = off)."
+    )
+    stop: list[str] = Field(
+        default_factory=list, description="Strings that end a sample (excluded from the text)."
+    )
+    min_new_tokens: int = Field(
+        0, ge=0, description="No end-of-text before this many tokens (tokenizers with eot)."
+    )
 
 
 class TrackingConfig(Section):
@@ -231,6 +240,32 @@ class TrackingConfig(Section):
     )
 
 
+class ServeConfig(Section):
+    host: str = Field(
+        "127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server to the network."
+    )
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    api_key: str | None = Field(
+        None,
+        min_length=1,
+        description="Require `Authorization: Bearer <key>` on /v1/* (default: no auth).",
+    )
+    max_tokens_cap: int = Field(
+        1024, ge=1, description="Largest `max_tokens` one completion request may ask for."
+    )
+    max_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Generations running at once on the shared model; further requests queue.",
+    )
+    checkpoint: str = Field(
+        "best", description="'best', 'last', or a path to a checkpoint directory."
+    )
+    weights: Literal["model", "ema"] = Field(
+        "model", description="Serve the trained weights or their moving average (EMA)."
+    )
+
+
 class ExperimentConfig(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Experiment name.")
     description: str = Field("", description="One line shown by `experiments list`.")
@@ -239,3 +274,4 @@ class ExperimentConfig(Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()

@@ -17,9 +17,13 @@ from ml_playground.model.gpt import GPT
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How a token is picked from the logits; `repetition_penalty` is applied by the decode loop
+    (`ml_playground.generate.decode`), which knows what each row has seen."""
+
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    repetition_penalty: float = 1.0
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -58,7 +62,9 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield one (batch, 1) tensor of new tokens per step, so callers can stream.
 
-    The context is cropped to the model's block size, so generation can run past it.
+    The context is cropped to the model's block size, so generation can run past it. This loop
+    has no KV cache (it re-runs the window every step) and works with any model that maps ids
+    to logits; `ml_playground.generate.decode.BatchDecoder` is the fast, cached one.
     """
     was_training = model.training
     model.eval()

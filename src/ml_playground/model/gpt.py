@@ -4,6 +4,11 @@ Pre-LayerNorm blocks, causal self-attention through `scaled_dot_product_attentio
 flash or memory-efficient kernels), a 4x GELU MLP, and an output head tied to the token embedding.
 Initialisation follows GPT-2: N(0, 0.02), with residual projections scaled by 1/sqrt(2 * n_layer)
 so the residual stream's variance does not grow with depth.
+
+For generation, `forward` takes an optional `KVCache`: the keys and values of the tokens already
+seen are kept, so a new token costs one position's compute instead of the whole context's. The
+position embeddings are learned and absolute, so a cache holds at most `block_size` positions; the
+decode loop (`ml_playground.generate.decode`) rebuilds it from a window of recent tokens when full.
 """
 
 from __future__ import annotations
@@ -29,9 +34,93 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class KVCache:
+    """Every layer's keys and values for the tokens seen so far, preallocated to `max_len`.
+
+    Rows may be left-padded to a common length (batched prompts of different lengths): `pad[b]` is
+    how many leading slots of row `b` are padding. Padding slots are never attended to, and each
+    row's position ids start at 0 on its first real token, so a padded row computes what it would
+    alone.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_head: int,
+        head_dim: int,
+        max_len: int,
+        *,
+        pad: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.length = 0  # slots filled so far (the same for every row; padding counts)
+        self.pad = pad if pad is not None and bool(pad.any()) else None
+
+    def begin(self, time: int) -> tuple[torch.Tensor | None, bool]:
+        """Before a forward of `time` new tokens: the attention mask to use, and `is_causal`.
+
+        Without padding, a prefill from an empty cache is plain causal attention and a
+        single-token step may see everything, so no mask is materialised in either case.
+        """
+        if self.length + time > self.max_len:
+            raise ValueError(
+                f"KV cache holds {self.max_len} positions; {self.length} used, {time} more given"
+            )
+        if self.pad is None and self.length == 0:
+            return None, True
+        if self.pad is None and time == 1:
+            return None, False
+        device = self.k[0].device
+        query_pos = torch.arange(self.length, self.length + time, device=device)[:, None]
+        key_pos = torch.arange(self.length + time, device=device)[None, :]
+        allowed = key_pos <= query_pos  # (time, keys)
+        mask = allowed[None, None]  # (1, 1, time, keys)
+        if self.pad is not None:
+            real_key = key_pos[None] >= self.pad[:, None, None]  # (batch, 1, keys)
+            # A padding query attends to itself only, so no row of the mask is empty (that NaNs).
+            own_slot = key_pos[None] == query_pos[None]
+            mask = allowed[None] & (real_key | own_slot)
+            mask = mask[:, None]  # (batch, 1, time, keys)
+        return mask, False
+
+    def positions(self, time: int, device: torch.device) -> torch.Tensor:
+        """Position ids of the next `time` tokens: (time,), or (batch, time) with padding."""
+        positions = torch.arange(self.length, self.length + time, device=device)
+        if self.pad is None:
+            return positions
+        return (positions[None, :] - self.pad[:, None]).clamp(min=0)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values of `layer`; return all of them so far (views, no copy)."""
+        end = self.length + k.size(2)
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, time: int) -> None:
+        self.length += time
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` of the batch (finished rows leave the batch)."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        if self.pad is not None:
+            pad = self.pad.index_select(0, rows)
+            self.pad = pad if bool(pad.any()) else None
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
+        self.layer = layer  # index into a KVCache
         self.n_head = config.n_head
         self.dropout = config.dropout
         # Query, key and value for all heads in one matmul.
@@ -39,7 +128,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: tuple[torch.Tensor | None, bool] = (None, True),
+    ) -> torch.Tensor:
         batch, time, channels = x.shape
         q, k, v = self.c_attn(x).split(channels, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
@@ -47,9 +141,15 @@ class CausalSelfAttention(nn.Module):
             t.view(batch, time, self.n_head, channels // self.n_head).transpose(1, 2)
             for t in (q, k, v)
         )
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
+        else:
+            # Queries are the new tokens; keys and values are everything the cache holds.
+            k, v = cache.update(self.layer, k, v)
+            attn_mask, is_causal = mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         y = y.transpose(1, 2).contiguous().view(batch, time, channels)
         out: torch.Tensor = self.resid_dropout(self.c_proj(y))
         return out
@@ -69,15 +169,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        mask: tuple[torch.Tensor | None, bool] = (None, True),
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, mask)
         out: torch.Tensor = x + self.mlp(self.ln_2(x))
         return out
 
@@ -93,7 +198,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): one matrix embeds tokens and scores them.
@@ -118,27 +223,84 @@ class GPT(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.wpe.weight.numel() if non_embedding else total
 
+    def new_cache(self, batch: int, pad: torch.Tensor | None = None) -> KVCache:
+        """An empty KV cache for `batch` rows (`pad`: left padding per row) on the model device."""
+        weight = self.wte.weight
+        cfg = self.config
+        return KVCache(
+            cfg.n_layer,
+            batch,
+            cfg.n_head,
+            cfg.n_embd // cfg.n_head,
+            self.block_size,
+            pad=pad,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy when `targets` are given.
 
         Without targets only the last position's logits are computed: that is all sampling needs,
         and it skips a (T x vocab) matmul per step.
+
+        With a `cache`, `idx` holds only the new tokens: they are appended after the `cache.length`
+        tokens already cached (prefill: the whole prompt once; decode: one token per step).
         """
         _, time = idx.shape
-        if time > self.block_size:
-            raise ValueError(f"sequence of {time} tokens exceeds block_size {self.block_size}")
-        positions = torch.arange(time, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(positions))
-        for block in self.h:
-            x = block(x)
+        if cache is None:
+            if time > self.block_size:
+                raise ValueError(f"sequence of {time} tokens exceeds block_size {self.block_size}")
+            positions = torch.arange(time, device=idx.device)
+            x = self.drop(self.wte(idx) + self.wpe(positions))
+            for block in self.h:
+                x = block(x)
+        else:
+            mask = cache.begin(time)
+            x = self.drop(self.wte(idx) + self.wpe(cache.positions(time, idx.device)))
+            for block in self.h:
+                x = block(x, cache, mask)
+            cache.advance(time)
         x = self.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, -1:, :]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """nanoGPT's sampling loop, without a cache: `idx` (batch, time) extended by new tokens.
+
+        Each step re-runs the model on the last `block_size` tokens. It is the slow reference the
+        KV-cache loop in `ml_playground.generate` is tested against. `temperature == 0` is greedy.
+        """
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.block_size :])
+            logits = logits[:, -1, :]
+            if temperature == 0.0:
+                token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.size(-1):
+                    kth = torch.topk(logits, top_k).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                token = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat([idx, token], dim=1)
+        return idx
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12·L·H·Q·T."""

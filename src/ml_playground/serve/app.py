@@ -1,0 +1,340 @@
+"""The HTTP API: OpenAI-style `/v1/completions` (plain and server-sent events), `/v1/models`,
+`/health`, and the web playground at `/`.
+
+Every bad request gets a 4xx with OpenAI's error body `{"error": {message, type, param, code}}`,
+so existing clients show a useful message; a 500 means a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ml_playground.config.schema import ServeConfig
+from ml_playground.errors import MLPlaygroundError
+from ml_playground.generate.service import GenerationResult, GenerationSettings, LoadedModel
+from ml_playground.serve.engine import CompletionJob, Delta, Engine
+
+MAX_N = 16
+MAX_STOP = 4
+UNION_TAGS = {"str", "int", "float", "bool"}
+
+
+class APIError(Exception):
+    """A request the server refuses, rendered in OpenAI's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status,
+            message,
+            param,
+            code,
+            kind,
+        )
+
+    def response(self) -> JSONResponse:
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's completion request, minus what a small local model cannot do; `top_k` is ours.
+
+    Strict types: `"max_tokens": "5"` is an error, not 5. Unknown fields are errors too.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    prompt: str | list[str] = Field(..., description="Text to continue, or several texts.")
+    max_tokens: int | None = Field(16, ge=1, description="New tokens per choice (default 16).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0 = off).")
+    stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP} stop sequences.")
+    n: int = Field(1, ge=1, le=MAX_N, description="Choices per prompt.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    echo: bool = Field(False, description="Prepend the prompt to each choice's text.")
+    logprobs: int | None = Field(None, ge=0, le=0, description="Not supported (null or 0).")
+    user: str | None = None
+
+
+def _openai_message(error: dict[str, Any]) -> tuple[str, str | None]:
+    """A pydantic error as (message, param) in the words OpenAI uses."""
+    loc = [str(part) for part in error["loc"] if part != "body"]
+    # Union members add their type name to the location (e.g. prompt.str); drop those.
+    loc = [part for part in loc if part not in UNION_TAGS and not part.startswith("list[")]
+    param = ".".join(loc) or None
+    if error["type"] == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if error["type"] == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    if error["type"] == "json_invalid":
+        return "The request body is not valid JSON.", None
+    if error["type"] == "model_attributes_type":
+        return "The request body must be a JSON object.", None
+    value = json.dumps(error.get("input"), default=str)[:80]
+    return f"Invalid value for '{param}' ({value}): {error['msg']}.", param
+
+
+def _stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    sequences = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(sequences) > MAX_STOP:
+        raise APIError(400, f"'stop' takes at most {MAX_STOP} sequences", param="stop")
+    if any(not s for s in sequences):
+        raise APIError(400, "'stop' sequences must not be empty strings", param="stop")
+    return tuple(sequences)
+
+
+def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None = None) -> FastAPI:
+    """The FastAPI app serving `loaded` (one model, shared by all requests)."""
+    checkpoint = loaded.checkpoint
+    model_id = model_id or checkpoint.config.name
+    block_size = loaded.model.block_size
+    iteration = checkpoint.state.get("iter")
+    fingerprint = f"{checkpoint.path.name}@{iteration}"
+    created = int((checkpoint.path / "state.json").stat().st_mtime)
+    engine = Engine(loaded, settings.max_concurrency)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(
+        title="ml-playground",
+        summary="OpenAI-style completions from an ml-playground checkpoint.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _openai_message(exc.errors()[0])
+        return APIError(400, message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return APIError(exc.status_code, str(exc.detail), code=code).response()
+
+    async def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                code="invalid_api_key",
+            )
+        if not secrets.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    def model_card() -> dict[str, Any]:
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": "ml-playground",
+            "max_model_len": block_size,
+            "checkpoint": str(checkpoint.path),
+            "iter": iteration,
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        page = resources.files("ml_playground.serve").joinpath("static/index.html")
+        return HTMLResponse(page.read_text("utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model_id,
+            "checkpoint": str(checkpoint.path),
+            "iter": iteration,
+            "best_val_loss": checkpoint.state.get("best_val_loss"),
+            "weights": settings.weights,
+            "device": str(loaded.device),
+            "block_size": block_size,
+            "max_tokens_cap": settings.max_tokens_cap,
+            "auth": settings.api_key is not None,
+        }
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}", dependencies=[Depends(authorize)])
+    async def get_model(name: str) -> dict[str, Any]:
+        if name != model_id:
+            raise APIError(
+                404, f"The model '{name}' does not exist", param="model", code="model_not_found"
+            )
+        return model_card()
+
+    def plan(request: CompletionRequest) -> tuple[list[str], list[CompletionJob], list[int]]:
+        """Check everything that depends on the model, before any work starts."""
+        if request.model is not None and request.model != model_id:
+            raise APIError(
+                404,
+                f"The model '{request.model}' does not exist; this server serves '{model_id}'",
+                param="model",
+                code="model_not_found",
+            )
+        max_tokens = 16 if request.max_tokens is None else request.max_tokens
+        if max_tokens > settings.max_tokens_cap:
+            raise APIError(
+                400,
+                f"max_tokens={max_tokens} is over this server's cap of "
+                f"{settings.max_tokens_cap} (ml-playground serve ... serve.max_tokens_cap=N)",
+                param="max_tokens",
+            )
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        if not prompts:
+            raise APIError(400, "'prompt' must not be an empty list", param="prompt")
+        stop = _stop_sequences(request.stop)
+        seed = secrets.randbits(63) if request.seed is None else request.seed
+        jobs, lengths = [], []
+        for index, prompt in enumerate(prompts):
+            if not prompt:
+                raise APIError(400, "'prompt' must not be empty", param="prompt")
+            try:
+                ids = loaded.tokenizer.encode(prompt)
+            except MLPlaygroundError as exc:
+                message = f"prompt: {exc}"
+                raise APIError(400, message, param="prompt", code="invalid_prompt") from None
+            if len(ids) > block_size:
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {block_size} tokens; the prompt "
+                    f"has {len(ids)}. Shorten the prompt.",
+                    param="prompt",
+                    code="context_length_exceeded",
+                )
+            generation = GenerationSettings(
+                max_new_tokens=max_tokens,
+                temperature=request.temperature,
+                top_k=request.top_k or None,
+                top_p=request.top_p,
+                stop=stop,
+                seed=seed + index,
+            )
+            jobs.append(CompletionJob(prompt, request.n, generation))
+            lengths.append(len(ids))
+        return prompts, jobs, lengths
+
+    def usage(prompt_lengths: list[int], n: int, choices: list[GenerationResult]) -> dict[str, int]:
+        prompt_tokens = sum(prompt_lengths) * n
+        completion_tokens = sum(c.completion_tokens for c in choices)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def completions(request: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+        prompts, jobs, lengths = plan(request)
+        head = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model_id,
+            "system_fingerprint": fingerprint,
+        }
+
+        def prompt_of(index: int) -> str:
+            return prompts[index // request.n]
+
+        if not request.stream:
+            choices = await engine.complete(jobs)
+            return {
+                **head,
+                "choices": [
+                    {
+                        "text": (prompt_of(i) if request.echo else "") + choice.text,
+                        "index": i,
+                        "logprobs": None,
+                        "finish_reason": choice.finish_reason,
+                    }
+                    for i, choice in enumerate(choices)
+                ],
+                "usage": usage(lengths, request.n, choices),
+            }
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return f"data: {json.dumps({**head, 'choices': choices, **extra})}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            if request.echo:
+                for i in range(len(prompts) * request.n):
+                    yield event([_chunk(i, prompt_of(i), None)])
+            finished: list[GenerationResult] = []
+            async for item in engine.stream(jobs):
+                if isinstance(item, Delta):
+                    yield event([_chunk(item.index, item.text, None)])
+                else:
+                    finished.append(item.choice)
+                    yield event([_chunk(item.index, "", item.choice.finish_reason)])
+            if request.stream_options is not None and request.stream_options.include_usage:
+                yield event([], usage=usage(lengths, request.n, finished))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises after this, so the server logs the traceback.
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        return APIError(500, message, kind="server_error").response()
+
+    return app
+
+
+def _chunk(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
