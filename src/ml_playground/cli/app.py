@@ -12,13 +12,10 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -30,14 +27,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ml_playground.config.loading import config_to_toml, list_presets, resolve_config
+from ml_playground.cli.common import (
+    ConfigFile,
+    Debug,
+    Experiment,
+    Overrides,
+    Workdir,
+    err,
+    load_config,
+    out,
+    user_errors,
+)
+from ml_playground.config.loading import config_to_toml, list_presets
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.prepare import PrepareResult, prepare_dataset
 from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
 from ml_playground.generate.service import encode_prompt, load_for_inference, sample_texts
 from ml_playground.train.callbacks import ProgressBar
 from ml_playground.train.checkpoint import resolve_checkpoint
-from ml_playground.train.loop import TrainingInterrupted, TrainResult, run_dir_for, train
+from ml_playground.train.loop import TrainResult, run_dir_for, train
 
 app = typer.Typer(
     name="ml-playground",
@@ -50,56 +58,6 @@ experiments_app = typer.Typer(help="Presets shipped with the package.", no_args_
 config_app = typer.Typer(help="Inspect resolved configs.", no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(config_app, name="config")
-
-err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
-out = Console(highlight=False, markup=False)
-
-# --- shared arguments ----------------------------------------------------------------------------
-Experiment = Annotated[
-    str, typer.Argument(help="Preset name (see `experiments list`) or a .toml path.")
-]
-Overrides = Annotated[
-    list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.max_iters=100.")
-]
-Workdir = Annotated[
-    Path,
-    typer.Option(
-        envvar="ML_PLAYGROUND_WORKDIR", help="Where datasets/ and runs/ live.", file_okay=False
-    ),
-]
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option("--config", help="A TOML file layered over the preset.", dir_okay=False),
-]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")]
-
-
-@contextmanager
-def user_errors(debug: bool) -> Iterator[None]:
-    """Map the error family to exit codes: user error 2, interrupted 130, bug 1 (traceback)."""
-    try:
-        yield
-    except TrainingInterrupted as exc:
-        err.print(f"interrupted: {exc}")
-        raise typer.Exit(130) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130) from None
-    except MLPlaygroundError as exc:
-        if debug:
-            raise
-        err.print(f"error: {exc}", soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def load_config(
-    experiment: str,
-    overrides: list[str] | None,
-    config_file: Path | None,
-    flags: dict[str, Any] | None = None,
-) -> ExperimentConfig:
-    """Resolve the config; `flags` (from dedicated CLI options) win over KEY=VALUE overrides."""
-    return resolve_config(experiment, overrides, config_file, flags)
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -409,6 +367,9 @@ def serve(
         options |= {"checkpoint": checkpoint, "weights": weights}
         flags = {"serve": {key: value for key, value in options.items() if value is not None}}
         _run_serve(experiment, overrides, config, workdir, flags)
+
+
+# --- sub-command modules: each registers its commands here (one line per module) -------------
 
 
 def main() -> None:
