@@ -26,6 +26,7 @@ from ml_playground.config.schema import ServeConfig
 from ml_playground.errors import MLPlaygroundError
 from ml_playground.generate.service import GenerationResult, GenerationSettings, LoadedModel
 from ml_playground.serve.engine import CompletionJob, Delta, Engine
+from ml_playground.serve.variants import VariantRouter
 
 MAX_N = 16
 MAX_STOP = 4
@@ -121,20 +122,41 @@ def _stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(sequences)
 
 
-def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None = None) -> FastAPI:
-    """The FastAPI app serving `loaded` (one model, shared by all requests)."""
+def create_app(
+    loaded: LoadedModel,
+    settings: ServeConfig,
+    model_id: str | None = None,
+    router: VariantRouter | None = None,
+) -> FastAPI:
+    """The FastAPI app serving `loaded` (one model, shared by all requests).
+
+    With a `router`, several checkpoints answer as variants of one model (A/B or shadow);
+    `loaded` is then the router's primary variant.
+    """
     checkpoint = loaded.checkpoint
     model_id = model_id or checkpoint.config.name
-    block_size = loaded.model.block_size
+    block_size = loaded.model.block_size if router is None else router.block_size
     iteration = checkpoint.state.get("iter")
-    fingerprint = f"{checkpoint.path.name}@{iteration}"
     created = int((checkpoint.path / "state.json").stat().st_mtime)
-    engine = Engine(loaded, settings.max_concurrency)
+    engine: Engine | None = None
+    if router is None:  # one model: one engine, named ""
+        engine = Engine(loaded, settings.max_concurrency)
+        engines = {"": engine}
+    else:
+        engines = dict(router.engines)
+    fingerprints = {
+        name: f"{e.loaded.checkpoint.path.name}@{e.loaded.checkpoint.state.get('iter')}"
+        for name, e in engines.items()
+    }
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        engine.close()
+        if router is not None:
+            router.close()
+        else:
+            for each in engines.values():
+                each.close()
 
     app = FastAPI(
         title="ml-playground",
@@ -142,6 +164,7 @@ def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None 
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.router = router
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -199,6 +222,16 @@ def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None 
             "block_size": block_size,
             "max_tokens_cap": settings.max_tokens_cap,
             "auth": settings.api_key is not None,
+            **(
+                {}
+                if router is None
+                else {
+                    "strategy": router.strategy,
+                    "variants": {
+                        name: str(e.loaded.checkpoint.path) for name, e in router.engines.items()
+                    },
+                }
+            ),
         }
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
@@ -274,22 +307,28 @@ def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None 
         }
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)], response_model=None)
-    async def completions(request: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def completions(request: CompletionRequest) -> JSONResponse | StreamingResponse:
         prompts, jobs, lengths = plan(request)
+        variant = "" if router is None else await router.choose()
+        answering = engines[variant]
         head = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": model_id,
-            "system_fingerprint": fingerprint,
+            "system_fingerprint": fingerprints[variant],
+            **({} if router is None else {"variant": variant}),
         }
+        headers = {} if router is None else {"X-ML-Playground-Variant": variant}
+        if router is not None:
+            router.shadow(str(head["id"]), prompts, jobs)
 
         def prompt_of(index: int) -> str:
             return prompts[index // request.n]
 
         if not request.stream:
-            choices = await engine.complete(jobs)
-            return {
+            choices = await answering.complete(jobs)
+            body = {
                 **head,
                 "choices": [
                     {
@@ -302,6 +341,7 @@ def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None 
                 ],
                 "usage": usage(lengths, request.n, choices),
             }
+            return JSONResponse(body, headers=headers)
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> str:
             return f"data: {json.dumps({**head, 'choices': choices, **extra})}\n\n"
@@ -311,7 +351,7 @@ def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None 
                 for i in range(len(prompts) * request.n):
                     yield event([_chunk(i, prompt_of(i), None)])
             finished: list[GenerationResult] = []
-            async for item in engine.stream(jobs):
+            async for item in answering.stream(jobs):
                 if isinstance(item, Delta):
                     yield event([_chunk(item.index, item.text, None)])
                 else:
@@ -324,7 +364,7 @@ def create_app(loaded: LoadedModel, settings: ServeConfig, model_id: str | None 
         return StreamingResponse(
             events(),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
 
     @app.exception_handler(Exception)

@@ -121,6 +121,10 @@ class Engine:
                 results += run_completion(self.loaded, job, forward, cancelled)
             return results
 
+    def run_blocking(self, jobs: Sequence[CompletionJob]) -> list[GenerationResult]:
+        """All choices of all jobs, on the calling thread (shadow variants run this way)."""
+        return self._run_all(jobs, None, None)
+
     async def complete(self, jobs: Sequence[CompletionJob]) -> list[GenerationResult]:
         """All choices of all jobs, in order (prompt 0's n choices, then prompt 1's, ...)."""
         async with self._turn:
