@@ -1,0 +1,1 @@
+"""analysis package: evaluation metrics, sample quality, plots, LIT."""
