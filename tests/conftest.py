@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 from ml_playground.config.schema import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[1]
+set_hypothesis_home_dir(REPO / ".cache" / "hypothesis")  # its caches, not ./.hypothesis
 settings.register_profile(
-    "repo", database=DirectoryBasedExampleDatabase(str(REPO / ".cache" / "hypothesis"))
+    "repo", database=DirectoryBasedExampleDatabase(str(REPO / ".cache" / "hypothesis" / "examples"))
 )
 settings.load_profile("repo")
 torch.set_num_threads(1)

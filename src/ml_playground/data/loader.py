@@ -24,7 +24,8 @@ class TokenBatches:
     """Draws (input, target) windows of `block_size` tokens from one split's shard files.
 
     A window never crosses a shard boundary; a window start is uniform over all valid starts of
-    all shards, so bigger shards are sampled proportionally more.
+    all shards, so bigger shards are sampled proportionally more. With `align` > 1 windows start
+    only at multiples of `align` (records of fixed length, such as one image's tokens).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class TokenBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        align: int = 1,
     ) -> None:
         paths = [path] if isinstance(path, Path) else list(path)
         for file in paths:
@@ -45,7 +47,14 @@ class TokenBatches:
                     f"missing token file {file}; re-run `ml-playground prepare --force`"
                 )
         self.shards = [np.memmap(file, dtype=np.dtype(dtype), mode="r") for file in paths]
-        starts_per_shard = [max(len(shard) - block_size, 0) for shard in self.shards]
+        if align < 1:
+            raise DataError(f"window alignment must be at least 1, not {align}")
+        self.align = align
+        # Starts s * align with s * align + block_size + 1 <= len (for align 1: len - block_size).
+        starts_per_shard = [
+            (len(shard) - block_size - 1) // align + 1 if len(shard) > block_size else 0
+            for shard in self.shards
+        ]
         if sum(starts_per_shard) == 0:
             total = sum(len(shard) for shard in self.shards)
             raise DataError(
@@ -84,7 +93,7 @@ class TokenBatches:
 
     def _window(self, index: int) -> np.ndarray:
         shard = int(np.searchsorted(self.cumulative, index, side="right"))
-        offset = index - (int(self.cumulative[shard - 1]) if shard else 0)
+        offset = (index - (int(self.cumulative[shard - 1]) if shard else 0)) * self.align
         return self.shards[shard][offset : offset + self.block_size + 1].astype(np.int64)
 
     def state(self) -> torch.Tensor:

@@ -20,15 +20,23 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from ml_playground.config.schema import DataConfig
-from ml_playground.data.corpora import Manifest, build_manifest, read_unit
-from ml_playground.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from ml_playground.data.corpora import Manifest, build_manifest, read_pair, read_unit
+from ml_playground.data.images import image_tokens, is_image_corpus, load_images, quantize
+from ml_playground.data.pixel_tokenizer import PixelTokenizer
+from ml_playground.data.tokenizers import (
+    HuggingFaceTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+    uses_chat_template,
+)
 from ml_playground.errors import DataError
 from ml_playground.fsutil import replace_dir
 
@@ -60,16 +68,19 @@ def token_dtype(vocab_size: int) -> type[np.unsignedinteger[Any]]:
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
-def split_units(lengths: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, bool]:
+def split_units(
+    lengths: np.ndarray, val_fraction: float, seed: int, mode: str = "auto"
+) -> tuple[np.ndarray, bool]:
     """(is_val per unit, tail_split): deterministic, seeded.
 
     With enough units, a seeded permutation picks whole units for validation until they hold
     `val_fraction` of the bytes, so validation text is unseen in style as well as content. With
-    few (a single file), every unit's last `val_fraction` is held out instead, as nanoGPT does.
+    few (a single file), every unit's last `val_fraction` is held out instead, as nanoGPT does
+    (`mode="documents"` insists on whole units whatever their number).
     """
     count = int(lengths.size)
     is_val = np.zeros(count, dtype=bool)
-    if count < MIN_UNITS_FOR_DOCUMENT_SPLIT:
+    if count < MIN_UNITS_FOR_DOCUMENT_SPLIT and not (mode == "documents" and count > 1):
         return is_val, True
     order = np.random.default_rng(seed).permutation(count)
     held = np.cumsum(lengths[order])
@@ -80,9 +91,54 @@ def split_units(lengths: np.ndarray, val_fraction: float, seed: int) -> tuple[np
     return is_val, False
 
 
+def split_corpus_tail(manifest: Manifest, val_fraction: float) -> tuple[Manifest, np.ndarray]:
+    """nanoGPT's split: the corpus in manifest order, its last `val_fraction` of bytes held out.
+
+    The unit holding the cut is split in two at the cut (moved on to the next UTF-8 character
+    start; JSONL lines are never cut, the split moves to the next line), the first piece ending no
+    document, so train is exactly the text before the cut. For ASCII text such as
+    tinyshakespeare the cut is nanoGPT's `int(n * 0.9)` characters; val ends, like every
+    document here, with the document separator.
+    """
+    ends = np.cumsum(manifest.length)
+    cut = int(manifest.total_bytes * (1.0 - val_fraction))
+    unit = int(np.searchsorted(ends, cut, side="right"))  # the unit holding byte `cut`
+    offset = cut - (int(ends[unit - 1]) if unit else 0)
+    if offset and not manifest.jsonl and unit < manifest.num_units:
+        path = manifest.files[int(manifest.file_index[unit])]
+        with path.open("rb") as handle:
+            handle.seek(int(manifest.start[unit]) + offset)
+            following = handle.read(4)
+        offset += next(i for i, b in enumerate(following + b"\0") if b & 0xC0 != 0x80)
+    if offset == 0 or manifest.jsonl or offset >= int(manifest.length[unit]):
+        first_val = unit + (1 if offset > 0 else 0)
+        is_val = np.arange(manifest.num_units) >= first_val
+        return manifest, is_val
+
+    def cut_in_two(array: np.ndarray, head: Any, tail: Any) -> np.ndarray:
+        return np.concatenate(
+            [array[:unit], np.asarray([head, tail], array.dtype), array[unit + 1 :]]
+        )
+
+    start, length = int(manifest.start[unit]), int(manifest.length[unit])
+    pieces = replace(
+        manifest,
+        file_index=cut_in_two(manifest.file_index, *[manifest.file_index[unit]] * 2),
+        start=cut_in_two(manifest.start, start, start + offset),
+        length=cut_in_two(manifest.length, offset, length - offset),
+        ends_document=cut_in_two(manifest.ends_document, False, manifest.ends_document[unit]),
+    )
+    return pieces, np.arange(pieces.num_units) > unit
+
+
 def dataset_settings(config: DataConfig) -> dict[str, Any]:
-    """What changes the prepared tokens (not the path, nor the worker count: the content does)."""
-    exclude = {"path", "num_workers"}
+    """What changes the prepared tokens (not the path, nor the worker count: the content does).
+
+    `split` joins only when set: datasets prepared before it existed stay valid.
+    """
+    exclude = {"path", "num_workers"} | ({"split"} if config.split == "auto" else set())
+    if config.pixel_levels is None:
+        exclude.add("pixel_levels")
     return config.model_dump(mode="json", exclude=exclude) | {"format_version": FORMAT_VERSION}
 
 
@@ -116,23 +172,53 @@ def _init_worker(
         is_val=is_val,
         tail=tail,
     )
+    _WORKER["chat"] = uses_chat_template(config, _WORKER["tokenizer"])
 
 
 def _separator(tokenizer: Tokenizer) -> list[int]:
     if tokenizer.eot_id is not None:
-        return [tokenizer.eot_id]
+        # A model whose tokenizer starts every text with BOS (Gemma, Llama) sees it after each
+        # end-of-text, as it did in pretraining.
+        bos = tokenizer.bos_id if isinstance(tokenizer, HuggingFaceTokenizer) else None
+        return [tokenizer.eot_id] if bos is None else [tokenizer.eot_id, bos]
     return tokenizer.encode(TEXT_SEPARATOR)
 
 
-def _encode_task(task: EncodeTask) -> tuple[list[np.ndarray], list[np.ndarray], int]:
-    """Token arrays for train and val from the task's units, plus the bytes read."""
+def _chat_ids(unit: int) -> list[int]:
+    """A prompt/response unit through the tokenizer's chat template (no leading BOS: the
+    separator before it has one)."""
+    tokenizer, manifest = _WORKER["tokenizer"], _WORKER["manifest"]
+    assert isinstance(tokenizer, HuggingFaceTokenizer)
+    file = int(manifest.file_index[unit])
+    prompt, response = read_pair(
+        manifest.files[file],
+        manifest.names[file],
+        int(manifest.start[unit]),
+        int(manifest.length[unit]),
+        _WORKER["config"],
+    )
+    ids = tokenizer.encode_chat(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    )
+    return ids[1:] if ids and ids[0] == tokenizer.bos_id else ids
+
+
+def _encode_task(
+    task: EncodeTask,
+) -> tuple[list[np.ndarray], list[np.ndarray], int, tuple[int, int]]:
+    """Train and val token arrays of the task's units, the bytes read, and (train, val) text bytes.
+
+    Text bytes are the UTF-8 bytes behind each split's tokens, for bits per byte: an end-of-text
+    separator counts 0 bytes (it marks a boundary, it is not text), the char kind's "\\n\\n" 2.
+    """
     tokenizer: Tokenizer = _WORKER["tokenizer"]
     manifest: Manifest = _WORKER["manifest"]
     config: DataConfig = _WORKER["config"]
     dtype = token_dtype(tokenizer.vocab_size)
     separator = _separator(tokenizer)
+    separator_bytes = 0 if tokenizer.eot_id is not None else len(TEXT_SEPARATOR.encode())
     texts: list[str] = []
-    done = 0
+    done = train_bytes = val_bytes = 0
     for unit in task.units:
         file = int(manifest.file_index[unit])
         length = int(manifest.length[unit])
@@ -150,20 +236,29 @@ def _encode_task(task: EncodeTask) -> tuple[list[np.ndarray], list[np.ndarray], 
             texts += [text[:cut], text[cut:]]
         else:
             texts.append(text)
-    # One batch call: the Rust tokenizers spread it over every core.
-    encoded = tokenizer.encode_batch(texts)
+    if _WORKER["chat"]:
+        encoded = [_chat_ids(unit) for unit in task.units]
+    else:  # One batch call: the Rust tokenizers spread it over every core.
+        encoded = tokenizer.encode_batch(texts)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
     if _WORKER["tail"]:
         for head, tail in zip(encoded[::2], encoded[1::2], strict=True):
             train.append(np.asarray(head + separator, dtype=dtype))
             val.append(np.asarray(tail + separator, dtype=dtype))
-        return train, val, done
-    for unit, ids in zip(task.units, encoded, strict=True):
+        train_bytes = sum(len(t.encode()) + separator_bytes for t in texts[::2])
+        val_bytes = sum(len(t.encode()) + separator_bytes for t in texts[1::2])
+        return train, val, done, (train_bytes, val_bytes)
+    for unit, ids, text in zip(task.units, encoded, texts, strict=True):
         ends = bool(manifest.ends_document[unit])
         array = np.asarray(ids + (separator if ends else []), dtype=dtype)
         (val if _WORKER["is_val"][unit] else train).append(array)
-    return train, val, done
+        nbytes = len(text.encode()) + (separator_bytes if ends else 0)
+        if _WORKER["is_val"][unit]:
+            val_bytes += nbytes
+        else:
+            train_bytes += nbytes
+    return train, val, done, (train_bytes, val_bytes)
 
 
 class ShardWriter:
@@ -240,20 +335,28 @@ def _encode_all(
     tokenizer_dir: Path,
     writers: dict[str, ShardWriter],
     progress: Progress | None,
-) -> None:
-    """Encode every unit; results are written in manifest order whatever the worker count."""
+) -> dict[str, int]:
+    """Encode every unit; results are written in manifest order whatever the worker count.
+
+    Returns the UTF-8 bytes of text behind each split's tokens.
+    """
     args = (tokenizer_dir, manifest, config, is_val, tail)
     workers = _worker_count(config, manifest.total_bytes)
     done, total = 0, manifest.total_bytes
+    text_bytes = {"train": 0, "val": 0}
 
-    def consume(results: Iterator[tuple[list[np.ndarray], list[np.ndarray], int]]) -> None:
+    def consume(
+        results: Iterator[tuple[list[np.ndarray], list[np.ndarray], int, tuple[int, int]]],
+    ) -> None:
         nonlocal done
-        for train, val, nbytes in results:
+        for train, val, nbytes, (train_bytes, val_bytes) in results:
             for array in train:
                 writers["train"].write(array)
             for array in val:
                 writers["val"].write(array)
             done += nbytes
+            text_bytes["train"] += train_bytes
+            text_bytes["val"] += val_bytes
             if progress is not None:
                 progress("encode", done, total)
 
@@ -263,7 +366,7 @@ def _encode_all(
             consume(_encode_task(task) for task in _tasks(manifest))
         finally:
             _WORKER.clear()
-        return
+        return text_bytes
     context = multiprocessing.get_context("spawn")  # no fork after torch/threads
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=args
@@ -276,6 +379,7 @@ def _encode_all(
             if len(pending) >= window:
                 consume(iter([pending.pop(0).result()]))
         consume(future.result() for future in pending)
+    return text_bytes
 
 
 # --- tokenizer training --------------------------------------------------------------------------
@@ -323,6 +427,8 @@ def prepare_dataset(
     progress: Progress | None = None,
 ) -> PrepareResult:
     """Prepare (or reuse) `datasets/<experiment>/`."""
+    if is_image_corpus(config):
+        return _prepare_images(config, workdir, experiment, force)
     manifest = build_manifest(config)
     settings = dataset_settings(config)
     target = dataset_dir(workdir, experiment)
@@ -335,7 +441,11 @@ def prepare_dataset(
     ):
         return PrepareResult(target, existing, skipped=True)
 
-    is_val, tail = split_units(manifest.length, config.val_fraction, config.seed)
+    if config.split == "tail":
+        manifest, is_val = split_corpus_tail(manifest, config.val_fraction)
+        tail = False
+    else:
+        is_val, tail = split_units(manifest.length, config.val_fraction, config.seed, config.split)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{experiment}.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -343,6 +453,12 @@ def prepare_dataset(
     if progress is not None:
         progress("tokenizer", 0, manifest.total_bytes)
     tokenizer = train_tokenizer(config, _training_texts(manifest, config, is_val, tail))
+    if uses_chat_template(config, tokenizer) and tail:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(
+            f"{manifest.num_units} prompt/response pairs are too few to hold whole pairs out for "
+            f"validation; give at least {MIN_UNITS_FOR_DOCUMENT_SPLIT}"
+        )
     tokenizer.save(staging / "tokenizer")
     dtype = token_dtype(tokenizer.vocab_size)
 
@@ -350,7 +466,9 @@ def prepare_dataset(
         split: ShardWriter(staging, split, config.shard_tokens) for split in ("train", "val")
     }
     try:
-        _encode_all(manifest, config, is_val, tail, staging / "tokenizer", writers, progress)
+        text_bytes = _encode_all(
+            manifest, config, is_val, tail, staging / "tokenizer", writers, progress
+        )
     finally:
         shards = {split: writer.close() for split, writer in writers.items()}
     counts = {split: sum(s["tokens"] for s in shards[split]) for split in shards}
@@ -368,10 +486,73 @@ def prepare_dataset(
         "documents": manifest.num_documents,
         "units": manifest.num_units,
         "val_documents": int(is_val[manifest.ends_document].sum()) if not tail else 0,
-        "split": "tail" if tail else "document",
+        "split": "corpus_tail" if config.split == "tail" else "tail" if tail else "document",
         "source_bytes": manifest.total_bytes,
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
+        # UTF-8 bytes of the text behind each split's tokens: the denominator of bits per byte.
+        "train_bytes": text_bytes["train"],
+        "val_bytes": text_bytes["val"],
+        "shards": shards,
+    }
+    (staging / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+    replace_dir(staging, target)
+    return PrepareResult(target, info, skipped=False)
+
+
+def _prepare_images(
+    config: DataConfig, workdir: Path, experiment: str, force: bool
+) -> PrepareResult:
+    """Images are not UTF-8 text: they become token arrays directly (see `data.images`).
+
+    Same outputs as text (tokenizer/, train.bin, val.bin, dataset.json); `*_bytes` count the
+    pixels (one byte each in a uint8 image), so bits per byte reads as bits per pixel.
+    """
+    images = load_images(config)
+    settings = dataset_settings(config)
+    target = dataset_dir(workdir, experiment)
+    existing = read_dataset_info(target)
+    if (
+        not force
+        and existing is not None
+        and existing.get("source_hash") == images.fingerprint
+        and existing.get("settings") == settings
+    ):
+        return PrepareResult(target, existing, skipped=True)
+    tokenizer = train_tokenizer(config, [])
+    assert isinstance(tokenizer, PixelTokenizer)
+    levels = quantize(images.images, images.max_value, tokenizer.levels)
+    dtype = token_dtype(tokenizer.vocab_size)
+    staging = target.parent / f".{experiment}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer.save(staging / "tokenizer")
+    shards, counts = {}, {}
+    for split, mask in (("train", ~images.is_val), ("val", images.is_val)):
+        writer = ShardWriter(staging, split, config.shard_tokens)
+        tokens = image_tokens(levels[mask], images.labels[mask], tokenizer.levels)
+        writer.write(tokens.astype(dtype))
+        shards[split] = writer.close()
+        counts[split] = int(mask.sum())
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "source_hash": images.fingerprint,
+        "settings": settings,
+        "tokenizer": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": np.dtype(dtype).name,
+        "documents": len(images.labels),
+        "units": len(images.labels),
+        "val_documents": counts["val"],
+        "split": "image",
+        "image_shape": list(images.shape),
+        "pixel_levels": tokenizer.levels,
+        "source_bytes": int(images.images.size),
+        "train_tokens": sum(s["tokens"] for s in shards["train"]),
+        "val_tokens": sum(s["tokens"] for s in shards["val"]),
+        "train_bytes": counts["train"] * tokenizer.pixels_per_image,
+        "val_bytes": counts["val"] * tokenizer.pixels_per_image,
         "shards": shards,
     }
     (staging / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")

@@ -28,6 +28,8 @@ carries it inside ``tokenizer.json``)::
     char:            tokenizer.json   {"kind": "char", "chars": [...]}
     bpe, hf:         tokenizer.json   (Hugging Face's own format: model.vocab, model.merges,
                                        added_tokens) + ml_playground_tokenizer.json
+                     hf also keeps transformers' tokenizer_config.json, special_tokens_map.json
+                     and chat template files, so the folder loads with AutoTokenizer too
     sentencepiece_*: tokenizer.model    (SentencePiece's ModelProto) + ml_playground_tokenizer.json
     tiktoken:        tokenizer.tiktoken (base64 token, rank per line) + ml_playground_tokenizer.json
 """
@@ -40,6 +42,7 @@ import importlib
 import io
 import json
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -52,10 +55,20 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from ml_playground.config.schema import DataConfig
+from ml_playground.data.images import image_shape, pixel_levels
+from ml_playground.data.pixel_tokenizer import PixelTokenizer
 from ml_playground.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
 """Hugging Face's `tokenizer.json` for bpe/hf; the legacy char format for char."""
+HF_TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+"""transformers' files beside tokenizer.json (special tokens, chat template) that an `hf`
+tokenizer keeps, so its saved folder also loads with `AutoTokenizer.from_pretrained`."""
 METADATA_FILE = "ml_playground_tokenizer.json"
 """Our own small file: which kind, which end-of-text token, format version."""
 SENTENCEPIECE_FILE = "tokenizer.model"
@@ -243,10 +256,18 @@ class HuggingFaceTokenizer:
     documents are joined by the caller with `eot_id`.
     """
 
-    def __init__(self, kind: str, backend: tokenizers.Tokenizer, eot: str | None) -> None:
-        self._setup(kind, backend, eot)
+    def __init__(
+        self,
+        kind: str,
+        backend: tokenizers.Tokenizer,
+        eot: str | None,
+        hf_files: dict[str, str] | None = None,
+    ) -> None:
+        self._setup(kind, backend, eot, hf_files or {})
 
-    def _setup(self, kind: str, backend: tokenizers.Tokenizer, eot: str | None) -> None:
+    def _setup(
+        self, kind: str, backend: tokenizers.Tokenizer, eot: str | None, hf_files: dict[str, str]
+    ) -> None:
         self.kind = kind
         self._backend = backend
         self._backend.encode_special_tokens = True
@@ -254,6 +275,9 @@ class HuggingFaceTokenizer:
         self._eot_id = None if eot is None else backend.token_to_id(eot)
         if eot is not None and self._eot_id is None:
             raise DataError(f"end-of-text token {eot!r} is not in the tokenizer's vocabulary")
+        self._hf_files = hf_files
+        self._bos_id = _added_bos(backend, set(self.special_tokens.values()))
+        self._chat: Any = None  # a transformers tokenizer, built on first `encode_chat`
 
     @classmethod
     def train_bpe(cls, vocab_size: int, texts: Iterable[str]) -> HuggingFaceTokenizer:
@@ -307,7 +331,12 @@ class HuggingFaceTokenizer:
             backend = tokenizers.Tokenizer.from_file(str(file))
         except Exception as exc:  # the Rust side raises a bare Exception for a malformed file
             raise DataError(f"{file}: not a Hugging Face tokenizer.json ({exc})") from None
-        return cls("hf", backend, _find_eot(backend, _declared_eos(folder)))
+        hf_files = {
+            name: (folder / name).read_text("utf-8")
+            for name in HF_TOKENIZER_FILES
+            if (folder / name).is_file()
+        }
+        return cls("hf", backend, _find_eot(backend, _declared_eos(folder)), hf_files)
 
     @classmethod
     def _from_hub(cls, name: str) -> HuggingFaceTokenizer:
@@ -325,9 +354,10 @@ class HuggingFaceTokenizer:
             raise DataError(f"cannot load Hugging Face tokenizer {name!r}: {exc}") from None
         if not getattr(loaded, "is_fast", False):
             raise DataError(f"{name!r} has no fast (tokenizer.json) tokenizer; it is unsupported")
-        backend = cast(tokenizers.Tokenizer, loaded.backend_tokenizer)
-        eos = loaded.eos_token
-        return cls("hf", backend, _find_eot(backend, eos if isinstance(eos, str) else None))
+        # Through transformers' own files, so the chat template and BOS settings come along.
+        with tempfile.TemporaryDirectory() as folder:
+            loaded.save_pretrained(folder)
+            return cls._from_local(Path(folder) / TOKENIZER_FILE, Path(folder))
 
     @property
     def backend(self) -> tokenizers.Tokenizer:
@@ -343,9 +373,60 @@ class HuggingFaceTokenizer:
         return self._eot_id
 
     @property
+    def bos_id(self) -> int | None:
+        """The begin-of-sequence id this tokenizer puts before every text by default (Gemma,
+        Llama), or None (GPT-2, Qwen, our bpe). Models trained that way expect it at inference."""
+        return self._bos_id
+
+    @property
     def special_tokens(self) -> dict[str, int]:
         decoder = self._backend.get_added_tokens_decoder()
         return {token.content: i for i, token in sorted(decoder.items()) if token.special}
+
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template shipped with an `hf` tokenizer, or None."""
+        if "chat_template.jinja" in self._hf_files:
+            return self._hf_files["chat_template.jinja"]
+        template = None
+        for name in ("chat_template.json", "tokenizer_config.json"):
+            config = json.loads(self._hf_files.get(name, "{}"))
+            if template is None and isinstance(config, dict):
+                template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        return template if isinstance(template, str) else None
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """`messages` rendered with the chat template, as ids (needs transformers).
+
+        The template's own control tokens (`<start_of_turn>`, `<|im_start|>`) become their ids;
+        the same strings inside a message's content stay plain text (transformers'
+        `sanitize_control_tokens`), so a corpus cannot forge turns.
+        """
+        if self.chat_template is None:
+            raise DataError("this tokenizer has no chat template; set data.chat_template=false")
+        if self._chat is None:
+            try:
+                transformers = importlib.import_module("transformers")
+            except ImportError:
+                raise DataError(
+                    "chat templates need transformers: pip install 'ml_playground[hf]' (or set "
+                    "data.chat_template=false)"
+                ) from None
+            with tempfile.TemporaryDirectory() as folder:
+                self.save(Path(folder))
+                self._chat = transformers.PreTrainedTokenizerFast.from_pretrained(
+                    folder, local_files_only=True
+                )
+        try:
+            ids = self._chat.apply_chat_template(
+                list(messages), tokenize=True, sanitize_control_tokens=True, return_dict=False
+            )
+        except ValueError as exc:  # jinja's TemplateError (raise_exception) is not one
+            raise DataError(f"the chat template cannot format this pair: {exc}") from None
+        return [int(i) for i in ids]
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text, add_special_tokens=False).ids
@@ -361,7 +442,15 @@ class HuggingFaceTokenizer:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._backend.save(str(directory / TOKENIZER_FILE), pretty=True)
-        _write_metadata(directory, self.kind, tokenizer_file=TOKENIZER_FILE, eot=self._eot)
+        for name, text in self._hf_files.items():
+            (directory / name).write_text(text, "utf-8")
+        _write_metadata(
+            directory,
+            self.kind,
+            tokenizer_file=TOKENIZER_FILE,
+            eot=self._eot,
+            hf_files=sorted(self._hf_files),
+        )
 
     @classmethod
     def load(cls, directory: Path, metadata: dict[str, Any]) -> HuggingFaceTokenizer:
@@ -371,14 +460,25 @@ class HuggingFaceTokenizer:
         except Exception as exc:  # the Rust side raises a bare Exception for a malformed file
             raise DataError(f"{file}: not a Hugging Face tokenizer.json ({exc})") from None
         eot = metadata.get("eot")
-        return cls(str(metadata["kind"]), backend, eot if isinstance(eot, str) else None)
+        hf_files = {
+            str(name): _require_file(directory / str(name)).read_text("utf-8")
+            for name in metadata.get("hf_files", [])
+            if str(name) in HF_TOKENIZER_FILES
+        }
+        return cls(str(metadata["kind"]), backend, eot if isinstance(eot, str) else None, hf_files)
 
     def __getstate__(self) -> dict[str, Any]:
         # `encode_special_tokens` is not part of tokenizer.json, so it is set again on unpickle.
-        return {"kind": self.kind, "backend": self._backend.to_str(), "eot": self._eot}
+        return {
+            "kind": self.kind,
+            "backend": self._backend.to_str(),
+            "eot": self._eot,
+            "hf_files": self._hf_files,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._setup(state["kind"], tokenizers.Tokenizer.from_str(state["backend"]), state["eot"])
+        backend = tokenizers.Tokenizer.from_str(state["backend"])
+        self._setup(state["kind"], backend, state["eot"], state.get("hf_files", {}))
 
 
 def _declared_eos(folder: Path) -> str | None:
@@ -390,6 +490,15 @@ def _declared_eos(folder: Path) -> str | None:
     if isinstance(eos, dict):
         eos = eos.get("content")
     return eos if isinstance(eos, str) else None
+
+
+def _added_bos(backend: tokenizers.Tokenizer, special_ids: set[int]) -> int | None:
+    """The special id the post-processor puts in front of every text, if it adds one."""
+    plain = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True).ids
+    if len(full) > len(plain) and full[1 : 1 + len(plain)] == plain and full[0] in special_ids:
+        return int(full[0])
+    return None
 
 
 def _find_eot(backend: tokenizers.Tokenizer, declared: str | None) -> str | None:
@@ -763,7 +872,7 @@ def _get_named_encoding(name: str) -> tiktoken.Encoding:
 # Entry points
 # --------------------------------------------------------------------------------------------
 
-_KINDS = ("char", "bpe", "sentencepiece_bpe", "sentencepiece_unigram", "tiktoken", "hf")
+_KINDS = ("char", "bpe", "sentencepiece_bpe", "sentencepiece_unigram", "tiktoken", "hf", "pixels")
 
 
 def train_tokenizer(config: DataConfig, texts: Iterable[str]) -> Tokenizer:
@@ -788,7 +897,28 @@ def train_tokenizer(config: DataConfig, texts: Iterable[str]) -> Tokenizer:
         if kind == "tiktoken":
             return TiktokenTokenizer.from_name_or_file(config.tokenizer_name)
         return HuggingFaceTokenizer.from_pretrained(config.tokenizer_name)
+    if kind == "pixels":  # images: the vocabulary is fixed by the levels, not learned
+        return PixelTokenizer(pixel_levels(config), *image_shape(config.corpus))
     raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(_KINDS)}")
+
+
+def uses_chat_template(config: DataConfig, tokenizer: Tokenizer) -> bool:
+    """Whether prompt/response pairs are formatted by the tokenizer's chat template.
+
+    `data.chat_template` unset: when the tokenizer has one; true: it must have one; false: never
+    (pairs are joined as plain text).
+    """
+    if config.prompt_field is None or config.chat_template is False:
+        return False
+    has_template = (
+        isinstance(tokenizer, HuggingFaceTokenizer) and tokenizer.chat_template is not None
+    )
+    if config.chat_template and not has_template:
+        raise DataError(
+            "data.chat_template=true but the tokenizer has no chat template; use a model whose "
+            "tokenizer ships one (an instruction-tuned model) or set data.chat_template=false"
+        )
+    return has_template
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
@@ -803,6 +933,8 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             return SentencePieceTokenizer.load(directory, metadata)
         if kind == "tiktoken":
             return TiktokenTokenizer.load(directory, metadata)
+        if kind == "pixels":
+            return PixelTokenizer.load(directory, metadata)
         raise DataError(
             f"{metadata_path}: unknown tokenizer kind {kind!r} (known: {', '.join(_KINDS)}); "
             "was it written by a newer ml_playground?"

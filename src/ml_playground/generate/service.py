@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from ml_playground.config.schema import SampleConfig
 from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
-from ml_playground.errors import MLPlaygroundError
+from ml_playground.errors import CheckpointError, MLPlaygroundError
 from ml_playground.generate.decode import BatchDecoder, FinishReason
 from ml_playground.generate.sampling import SamplingParams
 from ml_playground.generate.stop import StopTextStream
@@ -113,11 +114,21 @@ class TextEvent:
 def load_for_inference(path: Path, device: str = "auto", weights: str = "model") -> LoadedModel:
     """A ready-to-sample model (eval mode) from a checkpoint directory.
 
-    `weights="ema"` loads the moving average of the weights (`ema.safetensors`) instead.
+    `weights="ema"` loads the moving average of the weights (`ema.safetensors`) instead. A
+    fine-tuned Hugging Face model (base + LoRA adapter, or merged) loads through
+    `ml_playground.finetune`, imported only then (it needs transformers); its wrapper has the
+    interface of GPT that decoding uses.
     """
     checkpoint = open_checkpoint(path)
     tokenizer = load_tokenizer(checkpoint.tokenizer_dir)
     torch_device = resolve_device(device)
+    if checkpoint.config.hf.model is not None:
+        if weights == "ema":
+            raise CheckpointError(f"{path} is a LoRA fine-tune, which keeps no EMA weights")
+        from ml_playground.finetune.inference import load_finetuned
+
+        finetuned = load_finetuned(checkpoint, tokenizer, torch_device)
+        return LoadedModel(cast(GPT, finetuned), tokenizer, checkpoint, torch_device)
     model = GPT(checkpoint.config.model)
     load_weights(checkpoint, model)
     if weights == "ema":

@@ -6,9 +6,17 @@ Initialisation follows GPT-2: N(0, 0.02), with residual projections scaled by 1/
 so the residual stream's variance does not grow with depth.
 
 For generation, `forward` takes an optional `KVCache`: the keys and values of the tokens already
-seen are kept, so a new token costs one position's compute instead of the whole context's. The
-position embeddings are learned and absolute, so a cache holds at most `block_size` positions; the
-decode loop (`ml_playground.generate.decode`) rebuilds it from a window of recent tokens when full.
+seen are kept, so a new token costs one position's compute instead of the whole context's.
+Positions are absolute (learned embeddings or rotary angles for 0..block_size-1), so a cache holds
+at most `block_size` positions; the decode loop (`ml_playground.generate.decode`) rebuilds it from
+a window of recent tokens when full.
+
+Options from the speedrun literature, each off by default so the defaults are GPT-2 exactly:
+rotary position embeddings (`pos_embedding="rope"`), RMS-normalised queries and keys (`qk_norm`),
+squared-ReLU MLP (`mlp_activation="relu2"`), an untied output head (`tie_embeddings=False`), and
+embedding/head rows padded to `vocab_multiple` (logits are cut back to the real vocabulary, so
+sampling and export never see the padding). `activation_checkpointing` (set by the trainer)
+recomputes each block in the backward pass instead of storing its activations.
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ml_playground.config.schema import ModelConfig
+
+ROPE_BASE = 10_000.0
 
 
 class LayerNorm(nn.Module):
@@ -32,6 +43,55 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a gain, in the input's dtype: under autocast queries and keys are bfloat16,
+    and a float32 gain would keep `rms_norm` off its fused kernel."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), 1e-6)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021, RoFormer): rotate query/key channel pairs.
+
+    Pair i of a head is rotated by the angle `position * base^(-2i/head_dim)`. A rotation by
+    angle(m) on the query and angle(n) on the key leaves their dot product depending on m - n
+    only, so attention sees relative positions without a learned table. The angles of positions
+    0..max_len-1 are computed once (float32, not saved: they are a function of the config).
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = ROPE_BASE) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        self.cos: torch.Tensor
+        self.sin: torch.Tensor
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for `positions` (time,) → (time, head_dim/2), or (batch, time) →
+        (batch, 1, time, head_dim/2): shaped to broadcast over (batch, heads, time, pairs)."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]
+        return cos, sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (batch, heads, time, head_dim) by the angles: channel i pairs with i + head_dim/2."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+Angles = tuple[torch.Tensor, torch.Tensor] | None  # rotary (cos, sin), or None without RoPE
 
 
 class KVCache:
@@ -127,10 +187,16 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # QK-norm: unit-RMS queries and keys keep attention logits bounded, so higher learning
+        # rates stay stable (a learned gain per channel lets a head sharpen again).
+        head_dim = config.n_embd // config.n_head
+        self.q_norm = RMSNorm(head_dim) if config.qk_norm else None
+        self.k_norm = RMSNorm(head_dim) if config.qk_norm else None
 
     def forward(
         self,
         x: torch.Tensor,
+        rotary: Angles = None,
         cache: KVCache | None = None,
         mask: tuple[torch.Tensor | None, bool] = (None, True),
     ) -> torch.Tensor:
@@ -141,6 +207,10 @@ class CausalSelfAttention(nn.Module):
             t.view(batch, time, self.n_head, channels // self.n_head).transpose(1, 2)
             for t in (q, k, v)
         )
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -159,12 +229,20 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.relu2 = config.mlp_activation == "relu2"
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        hidden = self.c_fc(x)
+        if self.relu2:
+            # Squared ReLU (So et al. 2021, "Primer"): as good as GELU or better, and cheaper.
+            # r * r, not r.square(): the same numbers, and half the backward time on CPUs.
+            hidden = F.relu(hidden)
+            hidden = hidden * hidden
+        else:
+            hidden = F.gelu(hidden)
+        out: torch.Tensor = self.dropout(self.c_proj(hidden))
         return out
 
 
@@ -179,10 +257,11 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        rotary: Angles = None,
         cache: KVCache | None = None,
         mask: tuple[torch.Tensor | None, bool] = (None, True),
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, mask)
+        x = x + self.attn(self.ln_1(x), rotary, cache, mask)
         out: torch.Tensor = x + self.mlp(self.ln_2(x))
         return out
 
@@ -193,16 +272,29 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ValueError("model.vocab_size must be set (it comes from the tokenizer)")
         self.config = config
-        self.vocab_size = config.vocab_size
+        self.vocab_size = config.vocab_size  # the real vocabulary; rows past it are padding
         self.block_size = config.block_size
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        rows = config.padded_vocab_size or config.vocab_size
+        self.wte = nn.Embedding(rows, config.n_embd)
+        self.wpe = (
+            nn.Embedding(config.block_size, config.n_embd)
+            if config.pos_embedding == "learned"
+            else None
+        )
+        self.rotary = (
+            Rotary(config.n_embd // config.n_head, config.block_size)
+            if config.pos_embedding == "rope"
+            else None
+        )
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2017): one matrix embeds tokens and scores them.
-        self.lm_head.weight = self.wte.weight
+        self.lm_head = nn.Linear(config.n_embd, rows, bias=False)
+        if config.tie_embeddings:
+            # Weight tying (Press & Wolf 2017): one matrix embeds tokens and scores them.
+            self.lm_head.weight = self.wte.weight
+        # Set by the trainer (`train.activation_checkpointing`); a runtime choice, not a config.
+        self.activation_checkpointing = False
 
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
@@ -219,9 +311,19 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings excluded by default, as in the scaling papers."""
+        """Parameter count; embedding lookups excluded by default, as in the scaling papers.
+
+        Excluded: the position table, and the token table when it is not also the head (a
+        lookup costs no FLOPs; a tied matrix does, as the head's matmul).
+        """
         total = sum(p.numel() for p in self.parameters())
-        return total - self.wpe.weight.numel() if non_embedding else total
+        if not non_embedding:
+            return total
+        if self.wpe is not None:
+            total -= self.wpe.weight.numel()
+        if not self.config.tie_embeddings:
+            total -= self.wte.weight.numel()
+        return total
 
     def new_cache(self, batch: int, pad: torch.Tensor | None = None) -> KVCache:
         """An empty KV cache for `batch` rows (`pad`: left padding per row) on the model device."""
@@ -257,21 +359,38 @@ class GPT(nn.Module):
             if time > self.block_size:
                 raise ValueError(f"sequence of {time} tokens exceeds block_size {self.block_size}")
             positions = torch.arange(time, device=idx.device)
-            x = self.drop(self.wte(idx) + self.wpe(positions))
-            for block in self.h:
-                x = block(x)
         else:
             mask = cache.begin(time)
-            x = self.drop(self.wte(idx) + self.wpe(cache.positions(time, idx.device)))
-            for block in self.h:
-                x = block(x, cache, mask)
+            positions = cache.positions(time, idx.device)
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
+        rotary = self.rotary(positions) if self.rotary is not None else None
+        for block in self.h:
+            if cache is not None:
+                x = block(x, rotary, cache, mask)
+            elif self.activation_checkpointing and self.training:
+                # Keep only the block's input; recompute its inside during backward.
+                x = checkpoint(block, x, rotary, use_reentrant=False)
+            else:
+                x = block(x, rotary)
+        if cache is not None:
             cache.advance(time)
         x = self.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, -1:, :]), None
-        logits = self.lm_head(x)
+            return self._logits(x[:, -1:, :]), None
+        logits = self._logits(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Scores over the real vocabulary: padding rows of the head are cut off here, so no
+        softmax, sample or export ever sees a padding token."""
+        logits: torch.Tensor = self.lm_head(x)
+        if logits.size(-1) != self.vocab_size:
+            logits = logits[..., : self.vocab_size]
+        return logits
 
     @torch.no_grad()
     def generate(

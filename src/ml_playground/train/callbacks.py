@@ -12,6 +12,7 @@ Under torchrun only rank 0 runs callbacks.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,14 +191,24 @@ class EarlyStopping(Callback):
 
 
 class SampleWriter(Callback):
-    """Writes each training-time sample to `samples/iter_0000500.txt` in the run dir."""
+    """Writes each training-time sample to `samples/iter_0000500.txt` in the run dir.
 
-    def __init__(self, directory: Path) -> None:
+    With `metrics` (text → JSON-ready dict, e.g. the sample-quality scores of
+    `ml_playground.analysis.samples`) it also writes `iter_0000500.metrics.json` beside it.
+    """
+
+    def __init__(
+        self, directory: Path, metrics: Callable[[str], dict[str, Any]] | None = None
+    ) -> None:
         self.directory = directory
+        self.metrics = metrics
 
     def on_sample(self, event: SampleEvent) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / f"iter_{event.iter:07d}.txt").write_text(event.text, "utf-8")
+        if self.metrics is not None:
+            scores = json.dumps(self.metrics(event.text), indent=1)
+            (self.directory / f"iter_{event.iter:07d}.metrics.json").write_text(scores, "utf-8")
 
 
 class ProgressBar(Callback):

@@ -2,7 +2,8 @@
 
 A checkpoint directory holds everything needed to sample from, export, or resume a run:
 
-    model.safetensors   weights (no pickle)
+    model.safetensors   weights (no pickle); a LoRA fine-tune has PEFT's adapter_model.safetensors
+                        + adapter_config.json instead (`save_checkpoint(write_weights=...)`)
     ema.safetensors     the weights' moving average, when `train.ema_decay` is set
     optimizer.pt        optimizer state, tensors and numbers only (loads with weights_only=True)
     state.json          iteration, best metric, every RNG state, the data cursor, model config
@@ -21,6 +22,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,9 @@ from ml_playground.errors import CheckpointError
 from ml_playground.fsutil import recover_dir, replace_dir
 
 REQUIRED_FILES = ("model.safetensors", "state.json", "config.toml")
+ADAPTER_FILE = "adapter_model.safetensors"
+"""A LoRA fine-tune's checkpoint holds PEFT's adapter (`adapter_model.safetensors` +
+`adapter_config.json`) in place of `model.safetensors`; see `ml_playground.finetune`."""
 
 
 @dataclass(frozen=True)
@@ -110,17 +115,22 @@ def save_checkpoint(
     tokenizer_dir: Path,
     ema: dict[str, torch.Tensor] | None = None,
     keep: int = 1,
+    write_weights: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a complete checkpoint to `directory`, replacing any previous one atomically.
 
     `keep` counts `directory` itself: with keep=3 the two checkpoints it replaced most recently
-    stay beside it. The checkpoint just written is never pruned.
+    stay beside it. The checkpoint just written is never pruned. `write_weights(folder)` replaces
+    the default `model.safetensors` (a fine-tune writes its adapter instead).
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".{directory.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_model(model, str(staging / "model.safetensors"))
+    if write_weights is not None:
+        write_weights(staging)
+    else:
+        save_model(model, str(staging / "model.safetensors"))
     if ema is not None:
         save_file({k: v.contiguous() for k, v in ema.items()}, str(staging / "ema.safetensors"))
     if optimizer is not None:
@@ -143,6 +153,8 @@ def open_checkpoint(directory: Path) -> Checkpoint:
     """Parse a checkpoint directory's config and state (weights are loaded separately)."""
     recover_dir(directory)
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if "model.safetensors" in missing and (directory / ADAPTER_FILE).is_file():
+        missing.remove("model.safetensors")  # a LoRA checkpoint: the adapter is its weights
     if missing:
         if not directory.exists():
             raise CheckpointError(f"no checkpoint at {directory}; train first")

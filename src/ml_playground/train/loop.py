@@ -23,8 +23,10 @@ import importlib.util
 import json
 import math
 import random
+import resource
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,16 +34,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
+from ml_playground.analysis.samples import sample_metrics_writer
 from ml_playground.config.loading import config_to_toml
 from ml_playground.config.schema import ExperimentConfig
+from ml_playground.data.images import record_tokens
 from ml_playground.data.loader import TokenBatches
-from ml_playground.data.prepare import dataset_settings, require_dataset, split_files
+from ml_playground.data.prepare import dataset_dir, dataset_settings, require_dataset, split_files
 from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
 from ml_playground.errors import CheckpointError, DataError, MLPlaygroundError, TrainingError
 from ml_playground.fsutil import recover_dir
@@ -66,7 +71,13 @@ from ml_playground.train.callbacks import (
 from ml_playground.train.device import Precision, peak_flops, resolve_device, resolve_dtype
 from ml_playground.train.distributed import DistContext, init_distributed, shutdown_distributed
 from ml_playground.train.ema import EMA
-from ml_playground.train.optim import build_optimizer, learning_rate_at
+from ml_playground.train.optim import (
+    build_optimizer,
+    learning_rate_at,
+    set_learning_rate,
+    skips_on_device,
+    step_unless_bad,
+)
 
 RUN_OUTPUTS = (
     "checkpoints",
@@ -81,6 +92,47 @@ RUN_OUTPUTS = (
 
 class TrainingInterrupted(MLPlaygroundError):
     """Training stopped on SIGINT/SIGTERM after saving `last`; the CLI exits 130."""
+
+
+class ModelAdapter(Protocol):
+    """The seam for a model other than our GPT: how to build it, when a checkpoint may resume
+    it, and how its weights go into and come out of a checkpoint directory.
+
+    `build` returns an `nn.Module` with GPT's interface (`forward(idx, targets=None)` →
+    `(logits, loss)`, `block_size`, `num_params()`, `flops_per_token()`, ...), so the loop,
+    its callbacks and sampling stay unchanged; `ml_playground.finetune` wraps an HF model so.
+    """
+
+    def build(self, config: ExperimentConfig, device: torch.device) -> GPT: ...
+
+    def resume_mismatch(self, saved: ExperimentConfig, config: ExperimentConfig) -> str | None:
+        """The config section (e.g. "[model]") that differs from the checkpoint's, or None."""
+        ...
+
+    def save_weights(self, model: GPT, folder: Path) -> None: ...
+
+    def load_weights(self, checkpoint: ckpt.Checkpoint, model: GPT) -> None: ...
+
+
+class GPTAdapter:
+    """The default model: our GPT from [model], saved as `model.safetensors`."""
+
+    def build(self, config: ExperimentConfig, device: torch.device) -> GPT:
+        if config.hf.model is not None:
+            raise MLPlaygroundError(
+                f"{config.name} fine-tunes a Hugging Face model (hf.model is set); run "
+                f"`ml-playground finetune {config.name}` instead of train"
+            )
+        return GPT(config.model).to(device)
+
+    def resume_mismatch(self, saved: ExperimentConfig, config: ExperimentConfig) -> str | None:
+        return None if saved.model == config.model else "[model]"
+
+    def save_weights(self, model: GPT, folder: Path) -> None:
+        save_model(model, str(folder / "model.safetensors"))
+
+    def load_weights(self, checkpoint: ckpt.Checkpoint, model: GPT) -> None:
+        ckpt.load_weights(checkpoint, model)
 
 
 @dataclass(frozen=True)
@@ -121,7 +173,9 @@ def compile_blocker(device: torch.device) -> str | None:
     return None
 
 
-def maybe_compile(model: nn.Module, enabled: bool, device: torch.device, say: Any) -> nn.Module:
+def maybe_compile(
+    model: nn.Module, enabled: bool, device: torch.device, say: Any, mode: str = "default"
+) -> nn.Module:
     """`torch.compile` where it can work; elsewhere a one-line notice and the eager model."""
     if not enabled:
         return model
@@ -129,7 +183,17 @@ def maybe_compile(model: nn.Module, enabled: bool, device: torch.device, say: An
     if reason is not None:
         say(f"notice: train.compile is off ({reason}); training eagerly")
         return model
-    return torch.compile(model)  # type: ignore[return-value]
+    return torch.compile(model, mode=None if mode == "default" else mode)  # type: ignore[return-value]
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory of the run: CUDA tensors' high-water mark (the caching allocator's
+    `max_memory_allocated`, reset when training starts), elsewhere the process's peak resident
+    set size (everything the process ever held, weights and data included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 @contextmanager
@@ -204,7 +268,12 @@ def builtin_callbacks(config: ExperimentConfig, workdir: Path, run_dir: Path) ->
     """What every run records: metrics.jsonl, samples/, TensorBoard/MLflow, early stopping."""
     callbacks: list[Callback] = [
         MetricsFile(run_dir / "metrics.jsonl"),
-        SampleWriter(run_dir / "samples"),
+        SampleWriter(
+            run_dir / "samples",
+            sample_metrics_writer(dataset_dir(workdir, config.name), config.sample.prompt)
+            if config.train.sample_interval
+            else None,
+        ),
     ]
     if config.tracking.tensorboard:
         callbacks.append(TrackerCallback(TensorBoardTracker(run_dir / "tb")))
@@ -216,6 +285,7 @@ def builtin_callbacks(config: ExperimentConfig, workdir: Path, run_dir: Path) ->
             run_name=config.train.run_name,
             artifact_dir=workdir / "mlartifacts",
             run_id=id_file.read_text("utf-8").strip() if id_file.is_file() else None,
+            parent_run_id=config.tracking.mlflow_parent_run_id,
         )
         id_file.write_text(tracker.run_id + "\n", "utf-8")
         callbacks.append(TrackerCallback(tracker))
@@ -256,14 +326,16 @@ def train(
     *,
     resume: bool = True,
     callbacks: Sequence[Callback] = (),
+    adapter: ModelAdapter | None = None,
 ) -> TrainResult:
     """Train `config` in `runs/<name>/<run_name>/`, resuming from its `last` checkpoint if any.
 
     Under torchrun every rank calls this; rank 0 alone writes files and runs `callbacks`.
+    `adapter` swaps in another model (default: our GPT; `ml_playground.finetune`: HF + LoRA).
     """
     dist = init_distributed(resolve_device(config.train.device).type)
     try:
-        return _train(config, workdir, resume, callbacks, dist)
+        return _train(config, workdir, resume, callbacks, dist, adapter or GPTAdapter())
     finally:
         shutdown_distributed(dist)
 
@@ -274,6 +346,7 @@ def _train(
     resume: bool,
     user_callbacks: Sequence[Callback],
     dist: DistContext,
+    adapter: ModelAdapter,
 ) -> TrainResult:
     tcfg = config.train
     run_dir = run_dir_for(workdir, config)
@@ -297,7 +370,8 @@ def _train(
     device = dist.place(resolve_device(tcfg.device))
     precision = Precision(device, resolve_dtype(tcfg.dtype, device))
     seed_everything(tcfg.seed)
-    model = GPT(config.model).to(device)
+    model = adapter.build(config, device)
+    model.activation_checkpointing = tcfg.activation_checkpointing
     if dist.enabled:
         torch.manual_seed(tcfg.seed + dist.rank)  # same init everywhere, own dropout per rank
     optimizer = build_optimizer(model, tcfg, device)
@@ -314,6 +388,7 @@ def _train(
             seed=seed,
             rank=dist.rank,
             world_size=dist.world_size,
+            align=record_tokens(dataset_info),
         )
 
     train_batches = batches("train", tcfg.seed)
@@ -331,9 +406,9 @@ def _train(
     resumed = resume and last_dir.exists()
     if resumed:
         last = ckpt.open_checkpoint(last_dir)
-        if last.config.model != config.model:
+        if (section := adapter.resume_mismatch(last.config, config)) is not None:
             raise CheckpointError(
-                f"{last_dir} was trained with a different [model] section; use the same model "
+                f"{last_dir} was trained with a different {section} section; use the same model "
                 f"settings to resume, or pass --no-resume (or another train.run_name) to start over"
             )
         state = last.state
@@ -347,7 +422,7 @@ def _train(
             # Nothing left to train: report the finished run instead of rewriting it.
             summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
             return TrainResult(run_dir, summary)
-        ckpt.load_weights(last, model)
+        adapter.load_weights(last, model)
         ckpt.load_optimizer(last, optimizer)
         best_val = float(state["best_val_loss"]) if state["best_val_loss"] is not None else math.inf
         best_iter = int(state["best_iter"])
@@ -391,14 +466,45 @@ def _train(
     if dist.enabled:
         ddp_device = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
-    forward = maybe_compile(wrapped, tcfg.compile, device, lambda msg: print(msg))
+    forward = maybe_compile(
+        wrapped, tcfg.compile, device, lambda msg: print(msg), tcfg.compile_mode
+    )
     world_tokens_per_step = (
         tcfg.batch_size * tcfg.grad_accum_steps * config.model.block_size * dist.world_size
     )
     peak = peak_flops(device, precision.dtype)
     flops_per_token = model.flops_per_token()
 
+    # The NaN/Inf guard. Where the optimizer can take the decision on the device (fused AdamW,
+    # Muon), a bad step is skipped there and counted in `bad_count`; the host folds the count
+    # into `bad_steps` (and enforces max_bad_steps) only when it logs or saves, so the hot loop
+    # never waits for the device. Elsewhere (GradScaler, EMA, unfused AdamW) it checks each step.
+    on_device_guard = skips_on_device(optimizer) and not scaler.is_enabled() and ema is None
+    bad_count = torch.zeros((), device=device)
+    last_bad_iter = torch.full((), -1.0, device=device)
+    good_norm = torch.full((), math.nan, device=device)
+
+    def too_many_bad_steps(last_at: int) -> TrainingError:
+        return TrainingError(
+            f"loss or gradients were NaN/Inf in {bad_steps} steps (last at iter "
+            f"{last_at}), more than train.max_bad_steps={tcfg.max_bad_steps}; "
+            f"lower train.learning_rate, raise train.warmup_iters, or use "
+            f"train.dtype=float32. {last_dir} holds the last good state"
+        )
+
+    def count_bad_steps() -> None:
+        """Fold the device-side count of skipped steps into `bad_steps` (one host sync)."""
+        nonlocal bad_steps
+        if not on_device_guard:
+            return
+        pending, last_at = (int(v) for v in torch.stack([bad_count, last_bad_iter]).tolist())
+        bad_count.zero_()
+        bad_steps += pending
+        if bad_steps > tcfg.max_bad_steps:
+            raise too_many_bad_steps(last_at)
+
     def state_dict(iteration: int, wall_s: float) -> dict[str, Any]:
+        count_bad_steps()
         rng = ckpt.capture_rng_state()
         rng_by_rank = dist.gather_objects(rng)  # collective: every rank calls save()
         return {
@@ -424,6 +530,7 @@ def _train(
             path = ckpt.save_checkpoint(
                 run_dir / "checkpoints" / kind,
                 model=model,
+                write_weights=lambda folder: adapter.save_weights(model, folder),
                 optimizer=optimizer if kind == "last" else None,
                 state=state,
                 config_toml=config_toml,
@@ -461,6 +568,8 @@ def _train(
     )
 
     # --- the loop
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     session_start = time.perf_counter()
     window_start, window_steps = session_start, 0
     tokens_per_s, mfu, grad_norm = 0.0, None, None
@@ -480,8 +589,7 @@ def _train(
                 )  # fmt: skip
             while iteration < tcfg.max_iters:
                 lr = learning_rate_at(iteration, tcfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                set_learning_rate(optimizer, lr)
                 running_loss.zero_()
                 for micro_step in range(tcfg.grad_accum_steps):
                     x, y = train_batches.next_batch()  # a fresh micro-batch every time
@@ -503,23 +611,23 @@ def _train(
                 norm = torch.nn.utils.clip_grad_norm_(
                     model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
                 )
-                # One host sync per step: skip the update when the loss (or, without a grad
-                # scaler, which handles overflow itself, the gradient) is NaN/Inf. Every rank
-                # takes the same decision.
+                # Skip the update when the loss (or, without a grad scaler, which handles
+                # overflow itself, the gradient) is NaN/Inf. Every rank takes the same decision.
                 bad = ~torch.isfinite(running_loss)
                 if not scaler.is_enabled():
                     bad = bad | ~torch.isfinite(norm)
-                step_is_bad = bool(dist.any(bad.float()).item())
-                if step_is_bad:
+                bad = dist.any(bad.float())
+                if on_device_guard:
+                    step_unless_bad(optimizer, bad)  # no host sync; see `count_bad_steps`
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_count += bad
+                    last_bad_iter.copy_(torch.where(bad > 0, float(iteration), last_bad_iter))
+                    good_norm.copy_(torch.where(bad > 0, good_norm, norm.float()))
+                elif bool(bad.item()):
                     optimizer.zero_grad(set_to_none=True)
                     bad_steps += 1
                     if bad_steps > tcfg.max_bad_steps:
-                        raise TrainingError(
-                            f"loss or gradients were NaN/Inf in {bad_steps} steps (last at iter "
-                            f"{iteration}), more than train.max_bad_steps={tcfg.max_bad_steps}; "
-                            f"lower train.learning_rate, raise train.warmup_iters, or use "
-                            f"train.dtype=float32. {last_dir} holds the last good state"
-                        )
+                        raise too_many_bad_steps(iteration)
                 else:
                     scaler.step(optimizer)
                     scaler.update()
@@ -533,6 +641,10 @@ def _train(
                 done = iteration == tcfg.max_iters
                 if iteration % tcfg.log_interval == 0 or done:
                     step_loss = float(dist.mean(running_loss).item())
+                    if on_device_guard:
+                        count_bad_steps()
+                        norm_value = float(good_norm.item())
+                        grad_norm = None if math.isnan(norm_value) else norm_value
                     now = time.perf_counter()
                     tokens_per_s = (
                         window_steps * world_tokens_per_step / max(now - window_start, 1e-9)
@@ -614,6 +726,7 @@ def _train(
         "bad_steps": bad_steps,
         "status": status,
         "stop_reason": stop_reason,
+        "peak_memory_mb": peak_memory_mb(device),
     }
     if dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")

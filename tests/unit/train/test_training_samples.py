@@ -40,7 +40,7 @@ def test_samples_are_written_and_tracked_without_perturbing_training(
     sampled = train(config, sampled_dir, callbacks=[TrackerCallback(tracker)])
 
     samples = sampled.run_dir / "samples"
-    assert sorted(p.name for p in samples.iterdir()) == ["iter_0000010.txt", "iter_0000020.txt"]
+    assert sorted(p.name for p in samples.glob("*.txt")) == ["iter_0000010.txt", "iter_0000020.txt"]
     texts = {step: (samples / f"iter_{step:07d}.txt").read_text("utf-8") for step in (10, 20)}
     for text in texts.values():
         assert text.startswith(PROMPT)

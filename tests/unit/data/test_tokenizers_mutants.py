@@ -1,0 +1,474 @@
+"""Tokenizer behaviour that mutation testing found unpinned (see docs/testing.md).
+
+`test_tokenizers.py` checks round trips and the error paths users hit first. These tests pin
+what a round trip on friendly text cannot see: the exact training settings written into a
+SentencePiece model, BPE merge rules, the on-disk metadata, how names are told from paths, and
+the wording of errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+import tiktoken
+import tokenizers
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ml_playground.config.schema import DataConfig
+from ml_playground.data import tokenizers as tok_module
+from ml_playground.data.tokenizers import (
+    _MAX_SENTENCE_CHARS,
+    _R50K_PATTERN,
+    EOT,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    TOKENIZER_FILE,
+    CharTokenizer,
+    HuggingFaceTokenizer,
+    SentencePieceTokenizer,
+    TiktokenTokenizer,
+    _sentencepiece_error,
+    _sentencepiece_lines,
+    load_tokenizer,
+    train_tokenizer,
+)
+from ml_playground.errors import DataError
+
+
+def corpus(seed: int = 0, docs: int = 60) -> list[str]:
+    """About 20 KB of word-like text over a 300-word lexicon: plenty of merges to learn."""
+    rng = random.Random(seed)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    lexicon = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 7))) for _ in range(300)]
+    return [
+        "\n".join(" ".join(rng.choice(lexicon) for _ in range(10)) for _ in range(6))
+        for _ in range(docs)
+    ]
+
+
+def write_ranks(path: Path, extra: list[bytes] = (), count: int | None = None) -> Path:  # type: ignore[assignment]
+    """A .tiktoken file: the 256 bytes, `extra` merges, or `count` synthetic tokens in all."""
+    tokens = [bytes([b]) for b in range(256)] + list(extra)
+    if count is not None:
+        tokens += [f"t{i}".encode() for i in range(count - len(tokens))]
+    lines = [f"{base64.b64encode(t).decode()} {rank}" for rank, t in enumerate(tokens)]
+    path.write_text("\n".join(lines) + "\n", "ascii")
+    return path
+
+
+def metadata(directory: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((directory / METADATA_FILE).read_text("utf-8"))
+    return data
+
+
+@pytest.fixture(scope="module")
+def sentencepiece(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SentencePieceTokenizer]:
+    return {
+        kind: SentencePieceTokenizer.train(kind, 300, corpus())
+        for kind in ("sentencepiece_bpe", "sentencepiece_unigram")
+    }
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level HF tokenizer folder with transformers' side files, as a Hub download has."""
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus(), trainer=trainer)
+    folder = tmp_path_factory.mktemp("hf")
+    backend.save(str(folder / TOKENIZER_FILE))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "</s>", "note": "Grüße"}, ensure_ascii=False), "utf-8"
+    )
+    return folder
+
+
+# --- every kind: saving and its metadata -------------------------------------------------------
+
+
+def test_every_kind_saves_into_a_directory_that_does_not_exist_yet(
+    tmp_path: Path, sentencepiece: dict[str, SentencePieceTokenizer], hf_dir: Path
+) -> None:
+    ranks = write_ranks(tmp_path / "toy.tiktoken", [b"th", b"he"])
+    kinds = {
+        "char": CharTokenizer.train(corpus()),
+        "bpe": HuggingFaceTokenizer.train_bpe(300, corpus()),
+        "tiktoken": TiktokenTokenizer.from_ranks_file(ranks),
+        "hf": HuggingFaceTokenizer.from_pretrained(str(hf_dir)),
+        **sentencepiece,
+    }
+    for kind, tokenizer in kinds.items():
+        target = tmp_path / "deep" / kind / "tokenizer"
+        tokenizer.save(target)
+        text = corpus()[0][:40]
+        assert load_tokenizer(target).encode(text) == tokenizer.encode(text), kind
+
+
+def test_sentencepiece_metadata_names_its_files_and_format(
+    tmp_path: Path, sentencepiece: dict[str, SentencePieceTokenizer]
+) -> None:
+    for kind, tokenizer in sentencepiece.items():
+        tokenizer.save(tmp_path / kind)
+        assert metadata(tmp_path / kind) == {
+            "kind": kind,
+            "format_version": FORMAT_VERSION,
+            "model_file": "tokenizer.model",
+            "eot": EOT,
+        }
+        assert (tmp_path / kind / METADATA_FILE).read_text("utf-8").endswith("}\n")
+
+
+def test_load_follows_the_file_names_the_metadata_gives(
+    tmp_path: Path, sentencepiece: dict[str, SentencePieceTokenizer]
+) -> None:
+    sp = sentencepiece["sentencepiece_bpe"]
+    sp.save(tmp_path / "sp")
+    (tmp_path / "sp" / "tokenizer.model").rename(tmp_path / "sp" / "custom.model")
+    data = metadata(tmp_path / "sp") | {"model_file": "custom.model"}
+    (tmp_path / "sp" / METADATA_FILE).write_text(json.dumps(data), "utf-8")
+    assert load_tokenizer(tmp_path / "sp").encode("the king") == sp.encode("the king")
+
+    tt = TiktokenTokenizer.from_ranks_file(write_ranks(tmp_path / "toy.tiktoken", [b"th"]))
+    tt.save(tmp_path / "tt")
+    (tmp_path / "tt" / "tokenizer.tiktoken").rename(tmp_path / "tt" / "ranks.tiktoken")
+    data = metadata(tmp_path / "tt") | {"ranks_file": "ranks.tiktoken"}
+    (tmp_path / "tt" / METADATA_FILE).write_text(json.dumps(data), "utf-8")
+    assert load_tokenizer(tmp_path / "tt").encode("the") == tt.encode("the")
+
+
+# --- char --------------------------------------------------------------------------------------
+
+
+def test_char_with_one_symbol_and_with_none() -> None:
+    one = CharTokenizer(["a"])
+    assert one.encode("aaa") == [0, 0, 0]
+    with pytest.raises(DataError):
+        one.encode("ab")
+    empty = CharTokenizer([])
+    assert empty.encode("") == []
+    with pytest.raises(DataError, match="character"):
+        empty.encode("x")
+
+
+def test_char_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^chars must be distinct single characters$"):
+        CharTokenizer(["a", "a"])
+    with pytest.raises(DataError, match=r"^the text holds an unpaired surrogate at index 2$"):
+        CharTokenizer.train(["ab"]).encode("ab\ud800")
+
+
+@pytest.mark.parametrize(
+    ("chars", "message"),
+    [
+        ("abc", "'chars' must be a list of characters"),
+        ([1, 2], "'chars' must be a list of characters"),
+        (["a", "a"], "chars must be distinct single characters"),
+    ],
+)
+def test_a_corrupt_char_file_is_a_data_error_naming_the_file(
+    tmp_path: Path, chars: object, message: str
+) -> None:
+    (tmp_path / TOKENIZER_FILE).write_text(json.dumps({"kind": "char", "chars": chars}), "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(tmp_path)
+    assert str(info.value) == f"{tmp_path / TOKENIZER_FILE}: {message}"
+
+
+def test_a_metadata_file_that_is_not_an_object_names_what_it_found(tmp_path: Path) -> None:
+    (tmp_path / METADATA_FILE).write_text("[1, 2]", "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(tmp_path)
+    assert str(info.value) == f"{tmp_path / METADATA_FILE}: expected a JSON object, found list"
+
+
+def test_unknown_kinds_list_the_known_ones(tmp_path: Path) -> None:
+    known = "char, bpe, sentencepiece_bpe, sentencepiece_unigram, tiktoken, hf, pixels"
+    (tmp_path / METADATA_FILE).write_text('{"kind": "wordpiece"}', "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / METADATA_FILE}: unknown tokenizer kind 'wordpiece' (known: {known}); "
+        "was it written by a newer ml_playground?"
+    )
+    (tmp_path / METADATA_FILE).unlink()
+    (tmp_path / TOKENIZER_FILE).write_text('{"kind": "wordpiece"}', "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / TOKENIZER_FILE}: unknown tokenizer kind 'wordpiece' (known: {known})"
+    )
+
+
+def test_train_tokenizer_guards_configs_that_skipped_validation() -> None:
+    unvalidated = DataConfig.model_construct
+    with pytest.raises(DataError, match=r"^data.tokenizer='bpe' needs data.vocab_size \(e.g"):
+        train_tokenizer(unvalidated(tokenizer="bpe", vocab_size=None), [])
+    with pytest.raises(DataError, match=r"^data.tokenizer='hf' needs data.tokenizer_name$"):
+        train_tokenizer(unvalidated(tokenizer="hf", tokenizer_name=None), [])
+    with pytest.raises(DataError) as info:
+        train_tokenizer(unvalidated(tokenizer="wordpiece"), [])
+    assert str(info.value) == (
+        "unknown tokenizer kind 'wordpiece'; choose one of char, bpe, sentencepiece_bpe, "
+        "sentencepiece_unigram, tiktoken, hf, pixels"
+    )
+
+
+# --- byte-level BPE ----------------------------------------------------------------------------
+
+
+def test_bpe_has_exactly_the_vocab_size_asked_for() -> None:
+    tokenizer = HuggingFaceTokenizer.train_bpe(300, corpus())
+    assert tokenizer.vocab_size == 300
+    assert tokenizer.kind == "bpe"
+    assert tokenizer.eot_id is not None
+    assert tokenizer.special_tokens == {EOT: tokenizer.eot_id}
+
+
+def test_bpe_accepts_the_smallest_vocab_that_holds_the_bytes() -> None:
+    tokenizer = HuggingFaceTokenizer.train_bpe(257, corpus())
+    assert tokenizer.vocab_size == 257
+    assert tokenizer.decode(tokenizer.encode("the king")) == "the king"
+
+
+def test_bpe_merges_pairs_seen_twice_but_not_once() -> None:
+    twice = HuggingFaceTokenizer.train_bpe(1000, ["xyxy"])  # (x,y) twice, (y,x) once
+    assert twice.vocab_size == 258
+    assert twice.encode("xy") == [twice.backend.token_to_id("xy")]
+    once = HuggingFaceTokenizer.train_bpe(1000, ["abcdefgh"])  # every pair once
+    assert once.vocab_size == 257
+
+
+def test_bpe_pieces_never_cross_a_word_boundary() -> None:
+    """GPT-2's pre-split: a space ('Ġ') only ever starts a piece, it never sits inside one."""
+    tokenizer = HuggingFaceTokenizer.train_bpe(400, corpus())
+    pieces = [p for p in tokenizer.backend.get_vocab() if p != EOT]
+    assert any(p.startswith("Ġ") and len(p) > 1 for p in pieces)
+    assert not [p for p in pieces if "Ġ" in p[1:]]
+
+
+# --- hf ----------------------------------------------------------------------------------------
+
+
+def test_hf_end_of_text_must_be_in_the_vocabulary(hf_dir: Path) -> None:
+    backend = tokenizers.Tokenizer.from_file(str(hf_dir / TOKENIZER_FILE))
+    with pytest.raises(DataError) as info:
+        HuggingFaceTokenizer("hf", backend, "<eos>")
+    assert str(info.value) == "end-of-text token '<eos>' is not in the tokenizer's vocabulary"
+    assert HuggingFaceTokenizer("hf", backend, None).eot_id is None
+
+
+def test_hf_side_files_survive_save_load_and_pickle(hf_dir: Path, tmp_path: Path) -> None:
+    original = (hf_dir / "tokenizer_config.json").read_text("utf-8")
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    restored = pickle.loads(pickle.dumps(tokenizer))
+    assert restored.kind == "hf"
+    restored.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "tokenizer_config.json").read_text("utf-8") == original
+    assert metadata(tmp_path / "saved") == {
+        "kind": "hf",
+        "format_version": FORMAT_VERSION,
+        "tokenizer_file": TOKENIZER_FILE,
+        "eot": "</s>",
+        "hf_files": ["tokenizer_config.json"],
+    }
+    again = load_tokenizer(tmp_path / "saved")
+    again.save(tmp_path / "again")
+    assert (tmp_path / "again" / "tokenizer_config.json").read_text("utf-8") == original
+
+
+# --- SentencePiece -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "model_type"), [("sentencepiece_bpe", "BPE"), ("sentencepiece_unigram", "UNIGRAM")]
+)
+def test_sentencepiece_is_trained_with_the_round_trip_settings(
+    sentencepiece: dict[str, SentencePieceTokenizer], kind: str, model_type: str
+) -> None:
+    """The settings the class docstring explains, read back from the model itself."""
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sentencepiece[kind].model_proto)
+    spec, norm = proto.trainer_spec, proto.normalizer_spec
+    assert spec.model_type == sentencepiece_model_pb2.TrainerSpec.ModelType.Value(model_type)
+    assert spec.vocab_size == 300
+    assert (norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces) == (
+        "identity",
+        False,
+        False,
+    )
+    assert spec.byte_fallback
+    assert list(spec.user_defined_symbols) == ["\n"]
+    assert spec.allow_whitespace_only_pieces
+    assert spec.max_sentence_length == 4 * _MAX_SENTENCE_CHARS
+    assert (spec.unk_id, spec.eos_id, spec.bos_id, spec.pad_id) == (0, 1, -1, -1)
+    assert spec.eos_piece == EOT
+    assert sentencepiece[kind].kind == kind
+    assert pickle.loads(pickle.dumps(sentencepiece[kind])).kind == kind
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece_bpe", "sentencepiece_unigram"])
+def test_sentencepiece_round_trips_what_normalization_would_change(
+    sentencepiece: dict[str, SentencePieceTokenizer], kind: str
+) -> None:
+    tokenizer = sentencepiece[kind]
+    for text in [" the  king", "ﬁne Ｋing ①", "a\nb\n\n", "    indented", "king   "]:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert tokenizer.encode("\n") == [2]
+    assert tokenizer.eot_id == 1
+
+
+def test_sentencepiece_sees_the_corpus_line_by_line_in_bounded_pieces() -> None:
+    long = "x" * (_MAX_SENTENCE_CHARS + 5)
+    assert list(_sentencepiece_lines(["a b\nc d", long])) == [
+        "a b",
+        "c d",
+        "x" * _MAX_SENTENCE_CHARS,
+        "xxxxx",
+    ]
+
+
+def test_sentencepiece_errors_keep_the_message_after_the_log_prefix() -> None:
+    error = _sentencepiece_error("sentencepiece_bpe", 300, "trainer.cc(1) [check] fails] here ")
+    assert str(error) == "SentencePiece could not train sentencepiece_bpe: fails] here"
+    plain = _sentencepiece_error("sentencepiece_unigram", 300, "no prefix at all")
+    assert str(plain) == "SentencePiece could not train sentencepiece_unigram: no prefix at all"
+
+
+def test_sentencepiece_too_small_vocab_message_explains_the_minimum() -> None:
+    message = "Vocabulary size is smaller than required_chars. 300 vs 400."
+    error = str(_sentencepiece_error("sentencepiece_bpe", 300, message))
+    assert (
+        "characters that make up 99.95% of the sample); set data.vocab_size to at least " in error
+    )
+
+
+# --- tiktoken ----------------------------------------------------------------------------------
+
+
+def test_a_ranks_file_named_like_openais_gets_that_encodings_settings(tmp_path: Path) -> None:
+    full = TiktokenTokenizer.from_ranks_file(
+        write_ranks(tmp_path / "r50k_base.tiktoken", count=50256)
+    )
+    assert full.encoding.name == "r50k_base"
+    assert full.encoding._pat_str == _R50K_PATTERN
+    assert full.special_tokens == {EOT: 50256}
+    assert full.eot_id == 50256
+
+    # More ranks than r50k has: its special ids would collide, so the generic layout applies.
+    (tmp_path / "big").mkdir()
+    big = TiktokenTokenizer.from_ranks_file(
+        write_ranks(tmp_path / "big" / "r50k_base.tiktoken", count=50300)
+    )
+    assert big.encoding._pat_str != _R50K_PATTERN
+    assert big.special_tokens == {EOT: 50300}
+
+
+def test_a_ranks_file_keeps_its_stem_as_the_encoding_name(tmp_path: Path) -> None:
+    tokenizer = TiktokenTokenizer.from_ranks_file(write_ranks(tmp_path / "mine.tiktoken"))
+    assert tokenizer.encoding.name == "mine"
+    tokenizer.save(tmp_path / "saved")
+    assert metadata(tmp_path / "saved")["name"] == "mine"
+    loaded = load_tokenizer(tmp_path / "saved")
+    assert isinstance(loaded, TiktokenTokenizer)
+    assert loaded.encoding.name == "mine"
+    assert loaded.eot_id == 256
+
+
+def test_a_tiktoken_encoding_without_end_of_text_has_none_and_keeps_none(tmp_path: Path) -> None:
+    ranks = {bytes([b]): b for b in range(256)}
+    encoding = tiktoken.Encoding(
+        name="plain", pat_str=_R50K_PATTERN, mergeable_ranks=ranks, special_tokens={}
+    )
+    tokenizer = TiktokenTokenizer(encoding)
+    assert tokenizer.eot_id is None
+    tokenizer.save(tmp_path)
+    assert metadata(tmp_path)["eot"] is None
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.eot_id is None
+    with_eot = tiktoken.Encoding(
+        name="eot", pat_str=_R50K_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256}
+    )
+    TiktokenTokenizer(with_eot, eot=None).save(tmp_path / "none")
+    assert load_tokenizer(tmp_path / "none").eot_id is None
+
+
+def test_tiktoken_gaps_and_broken_utf8_decode_as_replacement_characters(tmp_path: Path) -> None:
+    ranks = tmp_path / "gappy.tiktoken"
+    lines = [f"{base64.b64encode(bytes([b])).decode()} {b}" for b in range(256)]
+    lines.append(f"{base64.b64encode(b'ab').decode()} 300")
+    ranks.write_text("\n".join(lines) + "\n", "ascii")
+    tokenizer = TiktokenTokenizer.from_ranks_file(ranks)
+    assert tokenizer.decode([280, 0xC3]) == "\ufffd\ufffd"  # a gap id, half of "é"
+
+
+def test_missing_tiktoken_paths_are_told_from_unknown_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for path_like in ["missing.tiktoken", "sub/missing", "sub\\missing"]:
+        with pytest.raises(DataError, match=r"no such \.tiktoken file"):
+            TiktokenTokenizer.from_name_or_file(path_like)
+    with pytest.raises(DataError) as info:
+        TiktokenTokenizer.from_name_or_file("gpt7")
+    names = ", ".join(tiktoken.list_encoding_names())
+    assert f"is neither a tiktoken encoding ({names}) nor a path" in str(info.value)
+
+
+def test_a_named_encoding_comes_from_tiktoken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = TiktokenTokenizer.from_ranks_file(write_ranks(tmp_path / "x.tiktoken")).encoding
+    asked: list[str] = []
+
+    def get_encoding(name: str) -> tiktoken.Encoding:
+        asked.append(name)
+        return fake
+
+    monkeypatch.setattr(tok_module.tiktoken, "get_encoding", get_encoding)
+    assert TiktokenTokenizer.from_name_or_file("r50k_base").encoding is fake
+    assert asked == ["r50k_base"]
+
+
+def test_a_failed_download_names_the_error_and_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(name: str) -> tiktoken.Encoding:
+        raise ConnectionRefusedError("no network")
+
+    monkeypatch.setattr(tok_module.tiktoken, "get_encoding", offline)
+    with pytest.raises(DataError) as info:
+        TiktokenTokenizer.from_name_or_file("cl100k_base")
+    message = str(info.value)
+    assert "downloading it failed (ConnectionRefusedError)" in message
+    assert message.endswith("(or set TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cache)")
+
+
+def test_an_empty_ranks_file_says_so(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.tiktoken"
+    empty.write_text("", "ascii")
+    with pytest.raises(DataError) as info:
+        TiktokenTokenizer.from_ranks_file(empty)
+    assert str(info.value) == f"{empty}: the .tiktoken ranks file is empty"
+
+
+def test_an_incomplete_tiktoken_entry_names_the_metadata_file(tmp_path: Path) -> None:
+    TiktokenTokenizer.from_ranks_file(write_ranks(tmp_path / "x.tiktoken")).save(tmp_path / "t")
+    data = metadata(tmp_path / "t")
+    del data["pat_str"]
+    (tmp_path / "t" / METADATA_FILE).write_text(json.dumps(data), "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(tmp_path / "t")
+    assert str(info.value).startswith(
+        f"{tmp_path / 't' / METADATA_FILE}: incomplete tiktoken entry"
+    )
