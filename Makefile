@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test quality lint typecheck deadcode docs mutation clean test-llamacpp
+.PHONY: setup demo test test-all quality lint typecheck deadcode docs mutation clean test-llamacpp
 
 setup: $(STAMP)
 
@@ -20,7 +20,12 @@ demo: setup
 	$(VENV)/bin/ml-playground loop shakespeare_char --workdir .
 
 # llamacpp tests run in `make test-llamacpp` only (they need llama-cpp-python, built from source).
+# `slow` tests (e2e flows, DDP, crash safety, preset training) run in `make test-all`: with them
+# the suite was not measured under CI's 15-minute budget on 2 cores yet (see docs/testing.md).
 test: setup
+	$(PY) -m pytest -q -m "not slow and not llamacpp"
+
+test-all: setup
 	$(PY) -m pytest -q -m "not llamacpp"
 
 lint: setup

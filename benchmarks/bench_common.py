@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -147,6 +146,10 @@ def process_cpu_s() -> float:
     On a machine shared with other work, wall time grows with the load; the CPU time of a
     one-thread row stays close to what the row takes alone, so both are reported.
     """
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return time.process_time()
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

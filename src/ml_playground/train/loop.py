@@ -23,7 +23,6 @@ import importlib.util
 import json
 import math
 import random
-import resource
 import shutil
 import signal
 import sys
@@ -189,9 +188,13 @@ def maybe_compile(
 def peak_memory_mb(device: torch.device) -> float | None:
     """Peak memory of the run: CUDA tensors' high-water mark (the caching allocator's
     `max_memory_allocated`, reset when training starts), elsewhere the process's peak resident
-    set size (everything the process ever held, weights and data included)."""
+    set size (everything the process ever held, weights and data included); None on Windows."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 

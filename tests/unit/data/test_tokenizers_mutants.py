@@ -18,16 +18,19 @@ import pytest
 import tiktoken
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from ml_playground.config.schema import DataConfig
 from ml_playground.data import tokenizers as tok_module
+from ml_playground.data.pixel_tokenizer import PixelTokenizer
 from ml_playground.data.tokenizers import (
     _MAX_SENTENCE_CHARS,
     _R50K_PATTERN,
     EOT,
     FORMAT_VERSION,
     METADATA_FILE,
+    SENTENCEPIECE_FILE,
+    TIKTOKEN_FILE,
     TOKENIZER_FILE,
     CharTokenizer,
     HuggingFaceTokenizer,
@@ -37,6 +40,7 @@ from ml_playground.data.tokenizers import (
     _sentencepiece_lines,
     load_tokenizer,
     train_tokenizer,
+    uses_chat_template,
 )
 from ml_playground.errors import DataError
 
@@ -67,29 +71,44 @@ def metadata(directory: Path) -> dict[str, object]:
     return data
 
 
-@pytest.fixture(scope="module")
-def sentencepiece(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SentencePieceTokenizer]:
+# Function-scoped fixtures on purpose: mutmut maps each mutant to the tests that run its code,
+# and a module-scoped fixture's work would count for the first test that used it only.
+@pytest.fixture
+def sentencepiece() -> dict[str, SentencePieceTokenizer]:
     return {
         kind: SentencePieceTokenizer.train(kind, 300, corpus())
         for kind in ("sentencepiece_bpe", "sentencepiece_unigram")
     }
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A byte-level HF tokenizer folder with transformers' side files, as a Hub download has."""
+def hf_backend(
+    specials: tuple[str, ...] = ("<s>", "</s>"), template: str | None = None
+) -> tokenizers.Tokenizer:
+    """A small byte-level BPE with `specials`; `template` e.g. "<s> $A" adds tokens on encode."""
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=["<s>", "</s>"],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(corpus(), trainer=trainer)
-    folder = tmp_path_factory.mktemp("hf")
-    backend.save(str(folder / TOKENIZER_FILE))
+    backend.train_from_iterator(corpus(docs=10), trainer=trainer)
+    if template is not None:
+        pairs = [(t, backend.token_to_id(t)) for t in specials if t in template]
+        backend.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=pairs
+        )
+    return backend
+
+
+@pytest.fixture
+def hf_dir(tmp_path: Path) -> Path:
+    """A byte-level HF tokenizer folder with transformers' side files, as a Hub download has."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    hf_backend().save(str(folder / TOKENIZER_FILE))
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"eos_token": "</s>", "note": "Grüße"}, ensure_ascii=False), "utf-8"
     )
@@ -350,8 +369,11 @@ def test_sentencepiece_errors_keep_the_message_after_the_log_prefix() -> None:
 def test_sentencepiece_too_small_vocab_message_explains_the_minimum() -> None:
     message = "Vocabulary size is smaller than required_chars. 300 vs 400."
     error = str(_sentencepiece_error("sentencepiece_bpe", 300, message))
-    assert (
-        "characters that make up 99.95% of the sample); set data.vocab_size to at least " in error
+    assert error == (
+        "data.vocab_size=300 is too small for sentencepiece_bpe on this text: it needs at least "
+        f"400 pieces (256 bytes, <unk>, {EOT}, the newline and the characters that make up "
+        "99.95% of the sample); set data.vocab_size to at least 400, or use data.tokenizer=bpe "
+        "(byte-level, needs only 257)"
     )
 
 
@@ -472,3 +494,189 @@ def test_an_incomplete_tiktoken_entry_names_the_metadata_file(tmp_path: Path) ->
     assert str(info.value).startswith(
         f"{tmp_path / 't' / METADATA_FILE}: incomplete tiktoken entry"
     )
+
+
+# --- hf: what a folder declares ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "bos"),
+    [(None, None), ("<s> $A", "<s>"), ("$A </s>", None), ("<s> $A </s>", "<s>")],
+)
+def test_hf_bos_is_the_special_token_the_template_puts_first(
+    template: str | None, bos: str | None
+) -> None:
+    backend = hf_backend(template=template)
+    tokenizer = HuggingFaceTokenizer("hf", backend, "</s>")
+    assert tokenizer.bos_id == (None if bos is None else backend.token_to_id(bos))
+    assert tokenizer.encode("a") == backend.encode("a", add_special_tokens=False).ids
+
+
+@pytest.mark.parametrize(
+    ("eos_token", "expected"),
+    [
+        ("<|my_eot|>", "<|my_eot|>"),
+        ({"content": "<|my_eot|>", "special": True}, "<|my_eot|>"),
+        (None, "</s>"),
+        (5, "</s>"),
+        ({"special": True}, "</s>"),
+    ],
+)
+def test_hf_end_of_text_is_the_declared_eos_else_a_known_spelling(
+    tmp_path: Path, eos_token: object, expected: str
+) -> None:
+    backend = hf_backend(specials=("<s>", "</s>", "<|my_eot|>"))
+    backend.save(str(tmp_path / TOKENIZER_FILE))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos_token}), "utf-8")
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(tmp_path))
+    assert tokenizer.eot_id == backend.token_to_id(expected)
+    (tmp_path / "tokenizer_config.json").unlink()
+    assert HuggingFaceTokenizer.from_pretrained(str(tmp_path)).eot_id == backend.token_to_id("</s>")
+
+
+def test_hf_from_a_tokenizer_json_path_reads_the_files_beside_it(hf_dir: Path) -> None:
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir / TOKENIZER_FILE))
+    assert tokenizer.eot_id == tokenizer.backend.token_to_id("</s>")  # from tokenizer_config.json
+    assert tokenizer.chat_template is None
+
+
+@pytest.mark.parametrize("name", ["./nowhere", "/nowhere/tok", "~/nowhere/tok", "tok.json"])
+def test_hf_a_missing_path_is_not_mistaken_for_a_hub_id(name: str) -> None:
+    with pytest.raises(DataError) as info:
+        HuggingFaceTokenizer.from_pretrained(name)
+    assert str(info.value) == f"data.tokenizer_name={name!r}: no such file or directory"
+
+
+def test_hf_folder_without_tokenizer_json_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        HuggingFaceTokenizer.from_pretrained(str(tmp_path))
+    assert str(info.value) == (
+        f"{tmp_path} has no {TOKENIZER_FILE}; only 'fast' Hugging Face tokenizers are supported "
+        "(load it with transformers and call save_pretrained to write one)"
+    )
+
+
+def test_hf_malformed_tokenizer_json_is_named(tmp_path: Path) -> None:
+    (tmp_path / TOKENIZER_FILE).write_text("{}", "utf-8")
+    with pytest.raises(DataError, match=r"tokenizer\.json: not a Hugging Face tokenizer\.json \("):
+        HuggingFaceTokenizer.from_pretrained(str(tmp_path))
+    saved = tmp_path / "saved"
+    HuggingFaceTokenizer.train_bpe(257, ["ab"]).save(saved)
+    (saved / TOKENIZER_FILE).write_text("{}", "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(saved)
+    assert str(info.value).startswith(f"{saved / TOKENIZER_FILE}: not a Hugging Face tokenizer")
+
+
+def test_hf_load_follows_the_metadata_and_tolerates_older_metadata(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    tokenizer.save(tmp_path / "renamed")
+    (tmp_path / "renamed" / TOKENIZER_FILE).rename(tmp_path / "renamed" / "tok.json")
+    data = metadata(tmp_path / "renamed") | {"tokenizer_file": "tok.json"}
+    (tmp_path / "renamed" / METADATA_FILE).write_text(json.dumps(data), "utf-8")
+    assert load_tokenizer(tmp_path / "renamed").encode("the") == tokenizer.encode("the")
+
+    tokenizer.save(tmp_path / "old")  # written before `tokenizer_file`/`hf_files` existed
+    (tmp_path / "old" / METADATA_FILE).write_text('{"kind": "hf", "eot": "</s>"}', "utf-8")
+    old = load_tokenizer(tmp_path / "old")
+    assert isinstance(old, HuggingFaceTokenizer)
+    assert old.eot_id == tokenizer.eot_id
+    old.save(tmp_path / "resaved")
+    assert not (tmp_path / "resaved" / "tokenizer_config.json").exists()
+
+
+def test_hf_unpickles_a_state_from_before_side_files(hf_dir: Path, tmp_path: Path) -> None:
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    state = tokenizer.__getstate__()
+    del state["hf_files"]
+    restored = HuggingFaceTokenizer.__new__(HuggingFaceTokenizer)
+    restored.__setstate__(state)
+    restored.save(tmp_path / "saved")
+    assert load_tokenizer(tmp_path / "saved").encode("the") == tokenizer.encode("the")
+
+
+# --- hf: chat templates ------------------------------------------------------------------------
+
+
+def test_encode_chat_without_a_template_says_so(hf_dir: Path) -> None:
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    with pytest.raises(DataError) as info:
+        tokenizer.encode_chat([{"role": "user", "content": "hi"}])
+    assert str(info.value) == "this tokenizer has no chat template; set data.chat_template=false"
+
+
+def test_encode_chat_renders_the_template_to_ids(hf_dir: Path) -> None:
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    (hf_dir / "chat_template.jinja").write_text(template, "utf-8")
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    ids = tokenizer.encode_chat([{"role": "user", "content": "the king"}])
+    assert ids == tokenizer.encode("user: the king\n")
+    assert all(isinstance(i, int) for i in ids)
+
+
+def test_uses_chat_template_only_for_pairs_and_only_when_allowed(hf_dir: Path) -> None:
+    plain = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    (hf_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", "utf-8")
+    chat = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    text = DataConfig(tokenizer="hf", tokenizer_name=str(hf_dir))
+    pairs = DataConfig(
+        corpus="jsonl",
+        path="x.jsonl",
+        prompt_field="p",
+        response_field="r",
+        tokenizer="hf",
+        tokenizer_name=str(hf_dir),
+    )
+    assert uses_chat_template(text, chat) is False  # plain text is never templated
+    assert uses_chat_template(pairs, chat) is True
+    assert uses_chat_template(pairs, plain) is False
+    assert uses_chat_template(pairs.model_copy(update={"chat_template": False}), chat) is False
+    with pytest.raises(DataError) as info:
+        uses_chat_template(pairs.model_copy(update={"chat_template": True}), plain)
+    assert str(info.value) == (
+        "data.chat_template=true but the tokenizer has no chat template; use a model whose "
+        "tokenizer ships one (an instruction-tuned model) or set data.chat_template=false"
+    )
+
+
+# --- pixels, and metadata defaults -------------------------------------------------------------
+
+
+def test_pixels_are_made_from_the_config_and_load_back(tmp_path: Path) -> None:
+    config = DataConfig(corpus="digits", tokenizer="pixels", pixel_levels=5)
+    tokenizer = train_tokenizer(config, [])
+    assert isinstance(tokenizer, PixelTokenizer)
+    assert tokenizer.vocab_size == 5 + 10 + 1  # levels, class tokens, image end
+    assert tokenizer.pixels_per_image == 8 * 8
+    tokenizer.save(tmp_path / "pixels")
+    loaded = load_tokenizer(tmp_path / "pixels")
+    assert isinstance(loaded, PixelTokenizer)
+    assert (loaded.vocab_size, loaded.pixels_per_image) == (16, 64)
+
+
+def test_tiktoken_metadata_and_its_default_file_name(tmp_path: Path) -> None:
+    tokenizer = TiktokenTokenizer.from_ranks_file(write_ranks(tmp_path / "toy.tiktoken", [b"th"]))
+    tokenizer.save(tmp_path / "saved")
+    data = metadata(tmp_path / "saved")
+    assert {k: data[k] for k in ("kind", "format_version", "name", "ranks_file", "eot")} == {
+        "kind": "tiktoken",
+        "format_version": FORMAT_VERSION,
+        "name": "toy",
+        "ranks_file": TIKTOKEN_FILE,
+        "eot": EOT,
+    }
+    del data["ranks_file"]
+    (tmp_path / "saved" / METADATA_FILE).write_text(json.dumps(data), "utf-8")
+    assert load_tokenizer(tmp_path / "saved").encode("the") == tokenizer.encode("the")
+
+
+def test_sentencepiece_metadata_without_a_file_name_uses_the_default(
+    tmp_path: Path, sentencepiece: dict[str, SentencePieceTokenizer]
+) -> None:
+    tokenizer = sentencepiece["sentencepiece_unigram"]
+    tokenizer.save(tmp_path)
+    assert (tmp_path / SENTENCEPIECE_FILE).is_file()
+    (tmp_path / METADATA_FILE).write_text('{"kind": "sentencepiece_unigram"}', "utf-8")
+    assert load_tokenizer(tmp_path).encode("the king") == tokenizer.encode("the king")

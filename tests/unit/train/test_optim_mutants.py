@@ -46,7 +46,7 @@ def test_wsd_never_starts_decaying_before_warmup_ends() -> None:
 def test_wsd_decay_length_is_the_fraction_of_the_decay_end() -> None:
     config = TrainConfig(
         learning_rate=1.0,
-        min_lr=0.0,
+        min_lr=0.2,
         warmup_iters=0,
         max_iters=200,
         lr_decay_iters=100,
@@ -54,8 +54,9 @@ def test_wsd_decay_length_is_the_fraction_of_the_decay_end() -> None:
         wsd_decay_fraction=0.25,
     )
     assert learning_rate_at(75, config) == 1.0  # decay over 75..100
-    assert learning_rate_at(80, config) == pytest.approx(0.8)
-    assert learning_rate_at(150, config) == 0.0  # flat at min_lr after lr_decay_iters
+    assert learning_rate_at(80, config) == pytest.approx(0.84)  # 1 + 0.2 * (0.2 - 1)
+    assert learning_rate_at(90, config) == pytest.approx(0.52)
+    assert learning_rate_at(150, config) == 0.2  # flat at min_lr after lr_decay_iters
 
 
 def test_set_learning_rate_sets_every_plain_group_to_the_rate_itself() -> None:
