@@ -540,7 +540,9 @@ def test_hf_from_a_tokenizer_json_path_reads_the_files_beside_it(hf_dir: Path) -
     assert tokenizer.chat_template is None
 
 
-@pytest.mark.parametrize("name", ["./nowhere", "/nowhere/tok", "~/nowhere/tok", "tok.json"])
+@pytest.mark.parametrize(
+    "name", ["./nowhere", "/nowhere/tok", "~/nowhere/tok", "\\nowhere\\tok", "tok.json"]
+)
 def test_hf_a_missing_path_is_not_mistaken_for_a_hub_id(name: str) -> None:
     with pytest.raises(DataError) as info:
         HuggingFaceTokenizer.from_pretrained(name)
@@ -680,3 +682,35 @@ def test_sentencepiece_metadata_without_a_file_name_uses_the_default(
     assert (tmp_path / SENTENCEPIECE_FILE).is_file()
     (tmp_path / METADATA_FILE).write_text('{"kind": "sentencepiece_unigram"}', "utf-8")
     assert load_tokenizer(tmp_path).encode("the king") == tokenizer.encode("the king")
+
+
+def test_hf_an_invalid_hub_id_is_a_data_error_naming_it() -> None:
+    with pytest.raises(DataError) as info:
+        HuggingFaceTokenizer.from_pretrained("not a valid id!!")
+    assert str(info.value).startswith("cannot load Hugging Face tokenizer 'not a valid id!!': ")
+
+
+def test_hf_a_hub_tokenizer_without_a_fast_version_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    transformers = pytest.importorskip("transformers")
+
+    class SlowOnly:
+        """What AutoTokenizer gives for a model with only a slow (Python) tokenizer."""
+
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", staticmethod(lambda name: SlowOnly())
+    )
+    with pytest.raises(DataError) as info:
+        HuggingFaceTokenizer.from_pretrained("org/slow-model")
+    assert str(info.value) == (
+        "'org/slow-model' has no fast (tokenizer.json) tokenizer; it is unsupported"
+    )
+
+
+def test_a_failed_sentencepiece_training_names_the_kind() -> None:
+    with pytest.raises(DataError) as info:
+        SentencePieceTokenizer.train("sentencepiece_unigram", 5000, ["ab ab ab"])
+    assert str(info.value).startswith(
+        "data.vocab_size=5000 is too large for sentencepiece_unigram on this text"
+    )
