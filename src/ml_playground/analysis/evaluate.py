@@ -10,7 +10,10 @@ the last digit on the same device):
   `block_size` tokens, as nanoGPT's and litgpt's evaluations do;
 - a smaller stride slides the window by `stride` tokens and scores only the last `stride`
   targets of each window, so every token sees at least `block_size - stride` tokens of context
-  (the Hugging Face perplexity recipe), at `block_size / stride` times the cost.
+  (the Hugging Face perplexity recipe), at `block_size / stride` times the cost;
+- on prompt/response pairs only the response tokens are scored, as in training (the dataset's
+  loss mask; `train.train_on_prompt=true` scores every token), and bits per byte divides by the
+  responses' bytes.
 
 `evaluate_run` is the whole `ml-playground evaluate` command minus the rendering: resolve the
 checkpoint, score, optionally draw and score samples, write `eval.json` in the run dir.
@@ -45,17 +48,18 @@ from ml_playground.data.prepare import (
     TEXT_SEPARATOR,
     dataset_dir,
     dataset_settings,
+    mask_files,
     read_dataset_info,
     require_dataset,
     split_files,
 )
 from ml_playground.data.tokenizers import Tokenizer
-from ml_playground.errors import CheckpointError, DataError, MLPlaygroundError
+from ml_playground.errors import DataError, MLPlaygroundError
 from ml_playground.generate.service import LoadedModel, load_for_inference, sample_texts
 from ml_playground.model.gpt import GPT
-from ml_playground.train.checkpoint import resolve_checkpoint
 from ml_playground.train.device import Precision, resolve_dtype
 from ml_playground.train.loop import run_dir_for
+from ml_playground.train.run_checkpoint import find_run_checkpoint
 
 EVAL_FILE = "eval.json"
 # Logits held at once per batch (rows x block_size x vocab floats): about 64 MB in float32.
@@ -130,22 +134,24 @@ def score_stream(
     precision: Precision,
     stride: int | None = None,
     progress: Progress | None = None,
+    scored_mask: TokenStream | None = None,
 ) -> tuple[int, float]:
     """(targets scored, summed cross-entropy in nats) over stream[first_target:].
 
-    Windows of equal length are batched; the sum is accumulated in float64.
+    Windows of equal length are batched; the sum is accumulated in float64. With `scored_mask`
+    (laid out like `stream`) only targets whose mask is nonzero are scored.
     """
     block_size = model.block_size
     plan = windows(len(stream), first_target, block_size, stride or block_size)
     rows = max(1, min(_MAX_ROWS, _LOGITS_BUDGET // (block_size * model.vocab_size)))
     device = precision.device
     total = 0.0
-    scored = 0
+    scored = done = 0
     targets = len(stream) - first_target
     batch: list[Window] = []
 
     def run(batch: list[Window]) -> None:
-        nonlocal total, scored
+        nonlocal total, scored, done
         x = np.stack([stream.read(w.start, w.end) for w in batch])
         y = np.stack([stream.read(w.start + 1, w.end + 1) for w in batch])
         inputs = torch.from_numpy(x).to(device)
@@ -156,10 +162,14 @@ def score_stream(
         width = losses.size(1)
         keep = torch.tensor([w.keep for w in batch], device=device)
         mask = torch.arange(width, device=device)[None, :] >= (width - keep)[:, None]
+        done += int(keep.sum().item())
+        if scored_mask is not None:
+            m = np.stack([scored_mask.read(w.start + 1, w.end + 1) for w in batch])
+            mask &= torch.from_numpy(m != 0).to(device)
         total += float(losses.masked_fill(~mask, 0.0).double().sum().item())
-        scored += int(keep.sum().item())
+        scored += int(mask.sum().item())
         if progress is not None:
-            progress(scored, targets)
+            progress(done, targets)
 
     for window in plan:
         if batch and (
@@ -206,14 +216,23 @@ def evaluate_tokens(
     precision: Precision,
     stride: int | None = None,
     progress: Progress | None = None,
+    masks: Sequence[np.ndarray] | None = None,
 ) -> Evaluation:
-    """Score every token of `parts` (one text, possibly in shards) after a document boundary."""
+    """Score every token of `parts` (one text, possibly in shards) after a document boundary;
+    with `masks` (a loss mask per part, see `split_masks`) only the tokens they mark."""
     prefix = np.asarray(boundary_ids(loaded.tokenizer), dtype=np.int64)
     stream = TokenStream([prefix, *parts])
     if len(stream) <= len(prefix):
         raise DataError("there is no text to evaluate (0 tokens)")
+    scored_mask = None
+    if masks is not None:
+        scored_mask = TokenStream([np.zeros(len(prefix), dtype=np.uint8), *masks])
     started = time.perf_counter()
-    scored, total = score_stream(loaded.model, stream, len(prefix), precision, stride, progress)
+    scored, total = score_stream(
+        loaded.model, stream, len(prefix), precision, stride, progress, scored_mask
+    )
+    if scored == 0:
+        raise DataError("the loss mask scores none of these tokens (no response tokens)")
     return Evaluation(scored, n_bytes, total, time.perf_counter() - started)
 
 
@@ -273,23 +292,40 @@ def split_tokens(
     return parts, sum(count_text_bytes(loaded.tokenizer, part) for part in parts)
 
 
+def split_masks(
+    loaded: LoadedModel,
+    directory: Path,
+    info: dict[str, Any],
+    split: str,
+    parts: Sequence[np.ndarray],
+) -> tuple[list[np.ndarray], int] | None:
+    """The loss masks of `parts` (as `split_tokens` cut them) and the UTF-8 bytes of the text
+    they score, or None when the split has none (plain text)."""
+    files = mask_files(directory, info, split)
+    if files is None:
+        return None
+    masks: list[np.ndarray] = []
+    for path, part in zip(files, parts, strict=False):
+        if not path.is_file():
+            raise DataError(f"missing loss mask {path}; run `ml-playground prepare --force`")
+        masks.append(np.memmap(path, dtype=np.uint8, mode="r")[: len(part)])
+    recorded = info.get(f"{split}_response_bytes")
+    whole = sum(map(len, parts)) >= int(info.get(f"{split}_tokens", 0))
+    if recorded is not None and whole:
+        return masks, int(recorded)
+    scored = (np.asarray(part)[np.asarray(m) != 0] for part, m in zip(parts, masks, strict=True))
+    return masks, sum(count_text_bytes(loaded.tokenizer, ids) for ids in scored)
+
+
 def resolve_run_checkpoint(config: ExperimentConfig, workdir: Path, which: str, say: Say) -> Path:
     """`best` (falling back to `last` with a notice), `last`, or a checkpoint directory."""
-    run_dir = run_dir_for(workdir, config)
-    path = resolve_checkpoint(run_dir, which)
-    if which == "best" and not path.exists():
-        fallback = resolve_checkpoint(run_dir, "last")
-        if fallback.exists():
-            say("notice: no `best` checkpoint yet; evaluating `last`")
-            path = fallback
-    if not path.exists():
-        if which not in ("best", "last"):
-            raise CheckpointError(f"no checkpoint at {path}; check the --checkpoint path")
-        raise CheckpointError(
-            f"no checkpoint at {path}; run `ml-playground train {config.name}` first "
-            f"(with the same --workdir and train.run_name)"
-        )
-    return path
+    return find_run_checkpoint(
+        run_dir_for(workdir, config),
+        which,
+        verb="evaluating",
+        creator=f"ml-playground train {config.name}",
+        say=say,
+    )
 
 
 def score_samples(
@@ -351,8 +387,17 @@ def evaluate_run(
     precision = Precision(loaded.device, resolve_dtype(config.train.dtype, loaded.device))
     target = f"file:{data_file}" if data_file is not None else split
     iteration = loaded.checkpoint.state.get("iter")
-    say(f"evaluating {path} (iter {iteration}) on {target}, {loaded.device}")
     parts: list[np.ndarray] = []
+    masks: list[np.ndarray] | None = None
+    n_bytes = 0
+    if data_file is None:
+        directory, info = require_dataset(workdir, config.name)
+        parts, n_bytes = split_tokens(loaded, directory, info, split, max_tokens)
+        scored = split_masks(loaded, directory, info, split, parts)
+        if scored is not None and not config.train.train_on_prompt:  # as training scored them
+            masks, n_bytes = scored
+    scope = " (response tokens only)" if masks is not None else ""
+    say(f"evaluating {path} (iter {iteration}) on {target}{scope}, {loaded.device}")
     if data_file is not None:
         try:
             text = data_file.read_text("utf-8")
@@ -362,9 +407,7 @@ def evaluate_run(
             raise MLPlaygroundError("--max-tokens applies to prepared splits; cut the file instead")
         result = evaluate_text(loaded, text, precision, stride, progress)
     else:
-        directory, info = require_dataset(workdir, config.name)
-        parts, n_bytes = split_tokens(loaded, directory, info, split, max_tokens)
-        result = evaluate_tokens(loaded, parts, n_bytes, precision, stride, progress)
+        result = evaluate_tokens(loaded, parts, n_bytes, precision, stride, progress, masks)
     model_config = loaded.checkpoint.config.model
     report: dict[str, Any] = {
         "experiment": config.name,
@@ -373,6 +416,8 @@ def evaluate_run(
         "iter": iteration,
         "weights": config.sample.weights,
         "evaluated": target,
+        # Prompt/response pairs: only the response tokens (and bytes) were scored, as in training.
+        "response_only": masks is not None,
         **result.as_dict(),
         "block_size": model_config.block_size,
         "stride": stride or model_config.block_size,

@@ -288,6 +288,12 @@ class TrainConfig(Section):
         "default",
         description="torch.compile mode when train.compile is on (reduce-overhead: CUDA graphs).",
     )
+    train_on_prompt: bool = Field(
+        False,
+        description="Prompt/response pairs: also score the prompt (and chat-template) tokens. "
+        "Off: the loss, validation and `evaluate` cover only the response tokens (litgpt's "
+        "mask_prompt, torchtune's train_on_input=False).",
+    )
 
     @model_validator(mode="after")
     def _schedule_is_consistent(self) -> TrainConfig:

@@ -27,7 +27,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ml_playground.config.schema import DataConfig
-from ml_playground.data.corpora import Manifest, build_manifest, read_pair, read_unit
+from ml_playground.data.corpora import (
+    PAIR_SEPARATOR,
+    Manifest,
+    build_manifest,
+    plain_pair,
+    read_pair,
+    read_unit,
+)
 from ml_playground.data.images import image_tokens, is_image_corpus, load_images, quantize
 from ml_playground.data.pixel_tokenizer import PixelTokenizer
 from ml_playground.data.tokenizers import (
@@ -41,6 +48,10 @@ from ml_playground.errors import DataError
 from ml_playground.fsutil import replace_dir
 
 FORMAT_VERSION = 2
+SPLITS = ("train", "val")
+MASK_SUFFIX = "_mask"
+"""`<split>_mask.bin` (or `<split>_mask-00000.bin`, ...): prompt/response pairs' loss masks,
+one uint8 per token of the split (1 = a response token the loss scores, 0 = prompt)."""
 # The char tokenizer has no end-of-text token: documents are separated by a blank line instead.
 TEXT_SEPARATOR = "\n\n"
 # Below this many units a whole-document split is too coarse; split each document's tail.
@@ -175,90 +186,166 @@ def _init_worker(
     _WORKER["chat"] = uses_chat_template(config, _WORKER["tokenizer"])
 
 
-def _separator(tokenizer: Tokenizer) -> list[int]:
+def _separator(tokenizer: Tokenizer) -> tuple[list[int], np.ndarray]:
+    """The ids after every document, and which of them a response's loss mask scores.
+
+    The end-of-text (or the char kind's blank line) after a response is scored: it teaches the
+    model to stop. A BOS after it is not: it opens the next prompt.
+    """
     if tokenizer.eot_id is not None:
         # A model whose tokenizer starts every text with BOS (Gemma, Llama) sees it after each
         # end-of-text, as it did in pretraining.
         bos = tokenizer.bos_id if isinstance(tokenizer, HuggingFaceTokenizer) else None
-        return [tokenizer.eot_id] if bos is None else [tokenizer.eot_id, bos]
-    return tokenizer.encode(TEXT_SEPARATOR)
+        if bos is None:
+            return [tokenizer.eot_id], np.ones(1, dtype=np.uint8)
+        return [tokenizer.eot_id, bos], np.asarray([1, 0], dtype=np.uint8)
+    ids = tokenizer.encode(TEXT_SEPARATOR)
+    return ids, np.ones(len(ids), dtype=np.uint8)
 
 
-def _chat_ids(unit: int) -> list[int]:
-    """A prompt/response unit through the tokenizer's chat template (no leading BOS: the
-    separator before it has one)."""
-    tokenizer, manifest = _WORKER["tokenizer"], _WORKER["manifest"]
+@dataclass(frozen=True)
+class Piece:
+    """One stretch of text to encode: a unit, or in a tail split one of its two halves.
+
+    `response_start` (prompt/response pairs only) is the character of `text` where the
+    response begins; `pair` is the (prompt, response) a chat template renders instead of `text`.
+    """
+
+    split: str
+    text: str
+    ends: bool  # a document ends here: the separator follows
+    response_start: int | None = None
+    pair: tuple[str, str] | None = None
+
+
+@dataclass
+class Encoded:
+    """What one task produced, per split: token arrays, loss masks (pairs only), text bytes."""
+
+    tokens: dict[str, list[np.ndarray]]
+    masks: dict[str, list[np.ndarray]] | None
+    source_bytes: int
+    text_bytes: dict[str, int]
+    response_bytes: dict[str, int]
+    response_tokens: dict[str, int]
+
+
+def _without_bos(ids: list[int], tokenizer: HuggingFaceTokenizer) -> list[int]:
+    return ids[1:] if ids and ids[0] == tokenizer.bos_id else ids
+
+
+def _chat_ids(tokenizer: Tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """A pair through the tokenizer's chat template, and its prompt alone with the generation
+    prompt (the assistant header), both without a leading BOS (the separator before has one)."""
     assert isinstance(tokenizer, HuggingFaceTokenizer)
+    user = {"role": "user", "content": prompt}
+    full = tokenizer.encode_chat([user, {"role": "assistant", "content": response}])
+    head = tokenizer.encode_chat([user], add_generation_prompt=True)
+    return _without_bos(full, tokenizer), _without_bos(head, tokenizer)
+
+
+def _shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def response_mask(ids: Sequence[int], prompt_ids: Sequence[int]) -> np.ndarray:
+    """1 for the tokens of `ids` after the prompt, 0 for the prompt's.
+
+    The prompt is the longest prefix `ids` shares with the prompt's own encoding, so a token
+    that merges the prompt's last characters with the response's first is scored.
+    """
+    mask = np.ones(len(ids), dtype=np.uint8)
+    mask[: _shared_prefix(ids, prompt_ids)] = 0
+    return mask
+
+
+def _pieces(unit: int) -> list[Piece]:
+    """A unit as the pieces it is encoded in (two in a tail split, else one)."""
+    manifest: Manifest = _WORKER["manifest"]
+    config: DataConfig = _WORKER["config"]
     file = int(manifest.file_index[unit])
-    prompt, response = read_pair(
+    where = (
         manifest.files[file],
         manifest.names[file],
         int(manifest.start[unit]),
         int(manifest.length[unit]),
-        _WORKER["config"],
     )
-    ids = tokenizer.encode_chat(
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    )
-    return ids[1:] if ids and ids[0] == tokenizer.bos_id else ids
+    pair: tuple[str, str] | None = None
+    response_start: int | None = None
+    if manifest.jsonl and config.prompt_field is not None:
+        pair = read_pair(*where, config)
+        text = plain_pair(*pair)
+        response_start = len(pair[0]) + len(PAIR_SEPARATOR)
+    else:
+        text = read_unit(*where, manifest.jsonl, config)
+    if _WORKER["tail"]:  # never with a chat template: `prepare_dataset` refuses that
+        cut = int(len(text) * (1.0 - config.val_fraction))
+        tail_start = None if response_start is None else max(response_start - cut, 0)
+        return [
+            Piece("train", text[:cut], True, response_start),
+            Piece("val", text[cut:], True, tail_start),
+        ]
+    split = "val" if _WORKER["is_val"][unit] else "train"
+    chat = pair if _WORKER["chat"] else None
+    return [Piece(split, text, bool(manifest.ends_document[unit]), response_start, chat)]
 
 
-def _encode_task(
-    task: EncodeTask,
-) -> tuple[list[np.ndarray], list[np.ndarray], int, tuple[int, int]]:
-    """Train and val token arrays of the task's units, the bytes read, and (train, val) text bytes.
+def _encode_task(task: EncodeTask) -> Encoded:
+    """Token arrays of the task's units per split, with their loss masks for pairs.
 
     Text bytes are the UTF-8 bytes behind each split's tokens, for bits per byte: an end-of-text
     separator counts 0 bytes (it marks a boundary, it is not text), the char kind's "\\n\\n" 2.
+    Response bytes count only the scored part (the response and the separator after it).
     """
     tokenizer: Tokenizer = _WORKER["tokenizer"]
     manifest: Manifest = _WORKER["manifest"]
-    config: DataConfig = _WORKER["config"]
+    pairs = _WORKER["config"].prompt_field is not None
     dtype = token_dtype(tokenizer.vocab_size)
-    separator = _separator(tokenizer)
+    separator, separator_mask = _separator(tokenizer)
     separator_bytes = 0 if tokenizer.eot_id is not None else len(TEXT_SEPARATOR.encode())
-    texts: list[str] = []
-    done = train_bytes = val_bytes = 0
-    for unit in task.units:
-        file = int(manifest.file_index[unit])
-        length = int(manifest.length[unit])
-        text = read_unit(
-            manifest.files[file],
-            manifest.names[file],
-            int(manifest.start[unit]),
-            length,
-            manifest.jsonl,
-            config,
-        )
-        done += length
-        if _WORKER["tail"]:
-            cut = int(len(text) * (1.0 - config.val_fraction))
-            texts += [text[:cut], text[cut:]]
-        else:
-            texts.append(text)
+    pieces = [piece for unit in task.units for piece in _pieces(unit)]
+    prompts: list[list[int]] = []
     if _WORKER["chat"]:
-        encoded = [_chat_ids(unit) for unit in task.units]
+        rendered = [_chat_ids(tokenizer, *piece.pair) for piece in pieces if piece.pair]
+        encoded = [full for full, _ in rendered]
+        prompts = [head for _, head in rendered]
     else:  # One batch call: the Rust tokenizers spread it over every core.
-        encoded = tokenizer.encode_batch(texts)
-    train: list[np.ndarray] = []
-    val: list[np.ndarray] = []
-    if _WORKER["tail"]:
-        for head, tail in zip(encoded[::2], encoded[1::2], strict=True):
-            train.append(np.asarray(head + separator, dtype=dtype))
-            val.append(np.asarray(tail + separator, dtype=dtype))
-        train_bytes = sum(len(t.encode()) + separator_bytes for t in texts[::2])
-        val_bytes = sum(len(t.encode()) + separator_bytes for t in texts[1::2])
-        return train, val, done, (train_bytes, val_bytes)
-    for unit, ids, text in zip(task.units, encoded, texts, strict=True):
-        ends = bool(manifest.ends_document[unit])
-        array = np.asarray(ids + (separator if ends else []), dtype=dtype)
-        (val if _WORKER["is_val"][unit] else train).append(array)
-        nbytes = len(text.encode()) + (separator_bytes if ends else 0)
-        if _WORKER["is_val"][unit]:
-            val_bytes += nbytes
-        else:
-            train_bytes += nbytes
-    return train, val, done, (train_bytes, val_bytes)
+        encoded = tokenizer.encode_batch([piece.text for piece in pieces])
+        if pairs:  # each pair's text up to its response: what the mask leaves unscored
+            prompts = tokenizer.encode_batch(
+                [piece.text[: piece.response_start] for piece in pieces]
+            )
+    result = Encoded(
+        tokens={split: [] for split in SPLITS},
+        masks={split: [] for split in SPLITS} if pairs else None,
+        source_bytes=sum(int(manifest.length[unit]) for unit in task.units),
+        text_bytes=dict.fromkeys(SPLITS, 0),
+        response_bytes=dict.fromkeys(SPLITS, 0),
+        response_tokens=dict.fromkeys(SPLITS, 0),
+    )
+    for index, (piece, ids) in enumerate(zip(pieces, encoded, strict=True)):
+        tail = separator if piece.ends else []
+        result.tokens[piece.split].append(np.asarray(ids + tail, dtype=dtype))
+        tail_bytes = separator_bytes if piece.ends else 0
+        result.text_bytes[piece.split] += len(piece.text.encode()) + tail_bytes
+        if result.masks is not None and piece.response_start is not None:
+            mask = response_mask(ids, prompts[index])
+            if piece.ends:
+                # A tail split's first half may end inside the prompt: no response, no stop.
+                has_response = piece.response_start <= len(piece.text)
+                mask = np.concatenate([mask, separator_mask * has_response])
+                tail_bytes *= has_response
+            result.masks[piece.split].append(mask)
+            result.response_tokens[piece.split] += int(np.count_nonzero(mask))
+            response = piece.text[piece.response_start :]
+            result.response_bytes[piece.split] += len(response.encode()) + tail_bytes
+    return result
 
 
 class ShardWriter:
@@ -338,25 +425,34 @@ def _encode_all(
 ) -> dict[str, int]:
     """Encode every unit; results are written in manifest order whatever the worker count.
 
-    Returns the UTF-8 bytes of text behind each split's tokens.
+    `writers` has a `<split>` writer per split and, for prompt/response pairs, a
+    `<split>_mask` writer that receives each token array's loss mask (same lengths, so the same
+    shard boundaries). Returns dataset.json's totals: the UTF-8 bytes of text behind each
+    split's tokens (`<split>_bytes`) and, for pairs, the tokens the masks score and the bytes of
+    their text (`<split>_response_tokens`, `<split>_response_bytes`).
     """
     args = (tokenizer_dir, manifest, config, is_val, tail)
     workers = _worker_count(config, manifest.total_bytes)
     done, total = 0, manifest.total_bytes
-    text_bytes = {"train": 0, "val": 0}
+    totals = {f"{split}_bytes": 0 for split in SPLITS}
 
-    def consume(
-        results: Iterator[tuple[list[np.ndarray], list[np.ndarray], int, tuple[int, int]]],
-    ) -> None:
+    def add(key: str, value: int) -> None:
+        totals[key] = totals.get(key, 0) + value
+
+    def consume(results: Iterator[Encoded]) -> None:
         nonlocal done
-        for train, val, nbytes, (train_bytes, val_bytes) in results:
-            for array in train:
-                writers["train"].write(array)
-            for array in val:
-                writers["val"].write(array)
-            done += nbytes
-            text_bytes["train"] += train_bytes
-            text_bytes["val"] += val_bytes
+        for result in results:
+            for split in SPLITS:
+                # One write per task and split: thousands of short pairs are thousands of arrays.
+                if result.tokens[split]:
+                    writers[split].write(np.concatenate(result.tokens[split]))
+                add(f"{split}_bytes", result.text_bytes[split])
+                if result.masks is not None:
+                    if result.masks[split]:
+                        writers[f"{split}{MASK_SUFFIX}"].write(np.concatenate(result.masks[split]))
+                    add(f"{split}_response_tokens", result.response_tokens[split])
+                    add(f"{split}_response_bytes", result.response_bytes[split])
+            done += result.source_bytes
             if progress is not None:
                 progress("encode", done, total)
 
@@ -366,7 +462,7 @@ def _encode_all(
             consume(_encode_task(task) for task in _tasks(manifest))
         finally:
             _WORKER.clear()
-        return text_bytes
+        return totals
     context = multiprocessing.get_context("spawn")  # no fork after torch/threads
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=args
@@ -379,7 +475,7 @@ def _encode_all(
             if len(pending) >= window:
                 consume(iter([pending.pop(0).result()]))
         consume(future.result() for future in pending)
-    return text_bytes
+    return totals
 
 
 # --- tokenizer training --------------------------------------------------------------------------
@@ -438,6 +534,8 @@ def prepare_dataset(
         and existing is not None
         and existing.get("source_hash") == manifest.fingerprint
         and existing.get("settings") == settings
+        # Pairs prepared before loss masks existed are prepared again to get them.
+        and (config.prompt_field is None or "loss_mask" in existing)
     ):
         return PrepareResult(target, existing, skipped=True)
 
@@ -462,16 +560,16 @@ def prepare_dataset(
     tokenizer.save(staging / "tokenizer")
     dtype = token_dtype(tokenizer.vocab_size)
 
-    writers = {
-        split: ShardWriter(staging, split, config.shard_tokens) for split in ("train", "val")
-    }
+    pairs = config.prompt_field is not None
+    names = [f"{split}{suffix}" for suffix in ("", MASK_SUFFIX)[: 1 + pairs] for split in SPLITS]
+    writers = {name: ShardWriter(staging, name, config.shard_tokens) for name in names}
     try:
-        text_bytes = _encode_all(
+        totals = _encode_all(
             manifest, config, is_val, tail, staging / "tokenizer", writers, progress
         )
     finally:
-        shards = {split: writer.close() for split, writer in writers.items()}
-    counts = {split: sum(s["tokens"] for s in shards[split]) for split in shards}
+        shards = {name: writer.close() for name, writer in writers.items()}
+    counts = {split: sum(s["tokens"] for s in shards[split]) for split in SPLITS}
     if counts["val"] == 0 or counts["train"] == 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise DataError("the corpus is too small to split into train and validation text")
@@ -490,11 +588,13 @@ def prepare_dataset(
         "source_bytes": manifest.total_bytes,
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
-        # UTF-8 bytes of the text behind each split's tokens: the denominator of bits per byte.
-        "train_bytes": text_bytes["train"],
-        "val_bytes": text_bytes["val"],
-        "shards": shards,
+        # UTF-8 bytes of the text behind each split's tokens: the denominator of bits per byte
+        # (`<split>_bytes`); for pairs also the tokens the loss masks score and their bytes.
+        **totals,
+        "shards": {split: shards[split] for split in SPLITS},
     }
+    if pairs:
+        info["loss_mask"] = {split: shards[f"{split}{MASK_SUFFIX}"] for split in SPLITS}
     (staging / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
     replace_dir(staging, target)
     return PrepareResult(target, info, skipped=False)
@@ -565,6 +665,15 @@ def split_files(directory: Path, info: dict[str, Any], split: str) -> list[Path]
     shards = info.get("shards", {}).get(split)
     if not shards:
         return [directory / f"{split}.bin"]
+    return [directory / shard["file"] for shard in shards]
+
+
+def mask_files(directory: Path, info: dict[str, Any], split: str) -> list[Path] | None:
+    """The loss-mask files of one split, shard for shard beside `split_files`, or None when the
+    dataset has none (plain text: every token is scored)."""
+    shards = info.get("loss_mask", {}).get(split)
+    if not shards:
+        return None
     return [directory / shard["file"] for shard in shards]
 
 

@@ -179,7 +179,6 @@ class CharTokenizer:
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
             raise ValueError("chars must be distinct single characters")
         self.chars = list(chars)
-        self._stoi = {ch: i for i, ch in enumerate(self.chars)}
         codes = np.array([ord(ch) for ch in self.chars], dtype=np.uint32)
         order = np.argsort(codes)
         self._codes = codes[order]
@@ -398,8 +397,13 @@ class HuggingFaceTokenizer:
             template = named.get("default")
         return template if isinstance(template, str) else None
 
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
+    ) -> list[int]:
         """`messages` rendered with the chat template, as ids (needs transformers).
+
+        `add_generation_prompt` appends the header that opens the assistant's turn (what a
+        prompt looks like at inference; `prepare` uses it to find where a response starts).
 
         The template's own control tokens (`<start_of_turn>`, `<|im_start|>`) become their ids;
         the same strings inside a message's content stay plain text (transformers'
@@ -420,11 +424,18 @@ class HuggingFaceTokenizer:
                 self._chat = transformers.PreTrainedTokenizerFast.from_pretrained(
                     folder, local_files_only=True
                 )
+        # transformers' own refusals are ValueErrors; a template's `raise_exception(...)` ("roles
+        # must alternate", "unknown role") is jinja2's TemplateError, which is not one.
+        template_error = importlib.import_module("jinja2").TemplateError
         try:
             ids = self._chat.apply_chat_template(
-                list(messages), tokenize=True, sanitize_control_tokens=True, return_dict=False
+                list(messages),
+                tokenize=True,
+                sanitize_control_tokens=True,
+                return_dict=False,
+                add_generation_prompt=add_generation_prompt,
             )
-        except ValueError as exc:  # jinja's TemplateError (raise_exception) is not one
+        except (ValueError, template_error) as exc:
             raise DataError(f"the chat template cannot format this pair: {exc}") from None
         return [int(i) for i in ids]
 

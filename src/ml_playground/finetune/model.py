@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ml_playground.config.schema import HFConfig
 from ml_playground.errors import MLPlaygroundError, TrainingError
+from ml_playground.model.gpt import cross_entropy
 from ml_playground.train.device import DTYPES, resolve_dtype
 
 
@@ -205,8 +205,7 @@ class HFCausalLM(nn.Module):
             logits = self.model(input_ids=self._with_bos(idx), use_cache=False).logits
             return self._mask(logits[:, -1:, :].float()), None
         logits = self.model(input_ids=idx, use_cache=False).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+        return logits, cross_entropy(logits.float(), targets)  # skips IGNORE_INDEX targets
 
     def _with_bos(self, idx: torch.Tensor) -> torch.Tensor:
         if self.bos_id is None:

@@ -31,6 +31,9 @@ from torch.utils.checkpoint import checkpoint
 from ml_playground.config.schema import ModelConfig
 
 ROPE_BASE = 10_000.0
+IGNORE_INDEX = -1
+"""Targets with this value are not scored (the prompt of a prompt/response pair; see
+`data.loader.IGNORE_INDEX`, which is the same)."""
 
 
 class LayerNorm(nn.Module):
@@ -266,6 +269,20 @@ class Block(nn.Module):
         return out
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not `IGNORE_INDEX`.
+
+    Summed, then divided by the count of scored targets (at least 1): a batch whose targets are
+    all ignored gives a loss of exactly 0 with zero gradients, where `F.cross_entropy`'s mean
+    would be 0/0 = NaN and count as a bad step.
+    """
+    flat = targets.reshape(-1)
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), flat, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total / (flat != IGNORE_INDEX).sum().clamp(min=1)
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -381,8 +398,7 @@ class GPT(nn.Module):
         if targets is None:
             return self._logits(x[:, -1:, :]), None
         logits = self._logits(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return logits, cross_entropy(logits, targets)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Scores over the real vocabulary: padding rows of the head are cut off here, so no

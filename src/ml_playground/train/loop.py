@@ -44,8 +44,14 @@ from ml_playground.analysis.samples import sample_metrics_writer
 from ml_playground.config.loading import config_to_toml
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.images import record_tokens
-from ml_playground.data.loader import TokenBatches
-from ml_playground.data.prepare import dataset_dir, dataset_settings, require_dataset, split_files
+from ml_playground.data.loader import IGNORE_INDEX, TokenBatches
+from ml_playground.data.prepare import (
+    dataset_dir,
+    dataset_settings,
+    mask_files,
+    require_dataset,
+    split_files,
+)
 from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
 from ml_playground.errors import CheckpointError, DataError, MLPlaygroundError, TrainingError
 from ml_playground.fsutil import recover_dir
@@ -227,10 +233,13 @@ def estimate_loss(
     seed: int,
     dist: DistContext | None = None,
 ) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches per split, drawn from a generator seeded by `seed`.
+    """Mean loss per scored target over `eval_iters` batches per split, drawn from a generator
+    seeded by `seed`.
 
-    Restoring each split's cursor afterwards keeps training batches unaffected by evaluation.
-    Under DDP each rank scores its slice of the same global batches and the means are averaged.
+    Each batch's mean loss is weighed by its scored targets (all of them, or a loss mask's
+    response tokens), so a batch that is mostly prompt does not count as much as one that is
+    all response. Restoring each split's cursor afterwards keeps training batches unaffected by
+    evaluation. Under DDP each rank scores its slice of the same global batches.
     """
     model.eval()
     losses: dict[str, float] = {}
@@ -238,15 +247,19 @@ def estimate_loss(
         saved = batches.state()
         batches.generator.manual_seed(seed)
         total = torch.zeros((), device=batches.device)
+        scored = torch.zeros((), device=batches.device)
         for _ in range(eval_iters):
             x, y = batches.next_batch()
             with precision.autocast():
                 _, loss = model(x, y)
             assert loss is not None
-            total += loss.float()
+            count = (y != IGNORE_INDEX).sum()
+            total += loss.float() * count
+            scored += count
         batches.load_state(saved)
-        mean = total / eval_iters
-        losses[name] = float((dist.mean(mean) if dist is not None else mean).item())
+        if dist is not None:  # the same ratio as one process would compute
+            total, scored = dist.mean(total), dist.mean(scored)
+        losses[name] = float((total / scored.clamp(min=1)).item())
     model.train()
     return losses
 
@@ -365,6 +378,12 @@ def _train(
             f"{data_dir} was prepared with other [data] settings ({', '.join(changed)}); run "
             f"`ml-playground prepare {config.name}` again"
         )
+    response_only = config.data.prompt_field is not None and not tcfg.train_on_prompt
+    if response_only and "loss_mask" not in dataset_info:
+        raise DataError(
+            f"{data_dir} was prepared before prompt/response pairs got loss masks; run "
+            f"`ml-playground prepare {config.name}` again (or set train.train_on_prompt=true)"
+        )
     tokenizer_dir = data_dir / "tokenizer"
     tokenizer = load_tokenizer(tokenizer_dir)
     config = with_vocab_size(config, tokenizer.vocab_size)
@@ -392,6 +411,8 @@ def _train(
             rank=dist.rank,
             world_size=dist.world_size,
             align=record_tokens(dataset_info),
+            # Pairs: targets in the prompt are IGNORE_INDEX, unless train.train_on_prompt.
+            mask=mask_files(data_dir, dataset_info, split) if response_only else None,
         )
 
     train_batches = batches("train", tcfg.seed)
