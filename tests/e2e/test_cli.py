@@ -7,39 +7,18 @@ tests below read what those runs left behind, and only sampling and cheap comman
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cli_runner import cli, ok
 from conftest import TINY_EXPERIMENT, write_corpus
 
 PROMPT = "KING."  # [sample] prompt of the tiny experiment
 MAX_NEW_TOKENS = 20  # [sample] max_new_tokens of the tiny experiment
-
-
-def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    env.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=timeout,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr}"
-    return result
 
 
 @dataclass(frozen=True)

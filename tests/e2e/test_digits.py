@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_runner import cli, ok
 from ml_playground.generate.images import grid_shape
 
 TINY = [
@@ -27,29 +25,6 @@ TINY = [
     "train.checkpoint_interval=30",
     "tracking.tensorboard=false",
 ]
-
-
-def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    env.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    # One intra-op thread: on a busy small machine torch's thread pool spins and a few
-    # iterations of this tiny model take minutes instead of seconds.
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=timeout,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr}"
-    return result
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -22,31 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import cli, cli_env, ok
 from conftest import TINY_EXPERIMENT, write_corpus
 
 pytestmark = pytest.mark.slow  # a training run, then a model load per command
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def cli(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    env.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=timeout,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr}"
-    return result
 
 
 @dataclass(frozen=True)
@@ -186,11 +167,10 @@ def test_analyze_without_lit_says_how_to_install_it(run: Run) -> None:
     reason="lit-nlp is not installed (extra `lit`; it pins numpy<2, so it lives in its own venv)",
 )
 def test_analyze_serves_lit_on_localhost(run: Run) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
     command = [sys.executable, "-m", "ml_playground", "analyze", "tiny.toml", "--port", "0"]
     command += ["--workdir", str(run.workdir), "--examples", "5", "sample.max_new_tokens=5"]
     server = subprocess.Popen(
-        command, cwd=run.root, env=env, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+        command, cwd=run.root, env=cli_env(), stderr=subprocess.PIPE, text=True, encoding="utf-8"
     )
     try:
         url = _wait_for_url(server, timeout=120)

@@ -6,9 +6,7 @@ test exports from it in a subprocess and inspects what landed on disk.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,31 +14,11 @@ import gguf
 import pytest
 import torch
 
+from cli_runner import cli, ok
 from conftest import TINY_EXPERIMENT, write_corpus
 from ml_playground.generate.service import load_for_inference
 
 pytestmark = pytest.mark.slow  # a training run plus a transformers import per export
-
-
-def cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    env.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    env["HF_HUB_OFFLINE"] = "1"  # an export must never need the network
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=timeout,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr}"
-    return result
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from cli_runner import cli, ok
 
 pytest.importorskip("peft", reason="fine-tuning needs the `hf` extra")
 
@@ -18,29 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "finetune"
 from tiny_hf import sample_text, save_tiny_model
 
 pytestmark = pytest.mark.slow
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    base.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    base.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
-    return subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args],
-        cwd=cwd,
-        env=base,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=300,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr}"
-    return result
 
 
 @dataclass(frozen=True)

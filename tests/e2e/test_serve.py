@@ -9,7 +9,6 @@ system's chromedriver) and is skipped, with the reason, where either is missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,21 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli_runner import cli_env
 from conftest import TINY_EXPERIMENT, write_corpus
 from ml_playground.config.loading import resolve_config
 from ml_playground.data.prepare import prepare_dataset
 from ml_playground.train.loop import train
 
 API_KEY = "e2e-key"
-
-
-def cli_env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    env.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    # One intra-op thread, as tests/conftest.py sets for the test process: a tiny model gains
-    # nothing from more, and spinning OpenMP threads crawl on a busy two-core machine.
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from test_cli import cli, ok
 
+from cli_runner import cli, ok
 from conftest import TINY_EXPERIMENT, write_corpus
 
 pytestmark = pytest.mark.slow

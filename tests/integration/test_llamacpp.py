@@ -12,9 +12,6 @@ and decoded greedily by llama.cpp; the tokens must equal `ml-playground sample -
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli_runner import cli as run_cli
+from cli_runner import ok
 from conftest import TINY_EXPERIMENT, write_corpus
 from ml_playground.generate.service import load_for_inference
 
@@ -37,20 +36,7 @@ TOKENIZERS = {"char": "", "bpe": 'tokenizer = "bpe"\nvocab_size = 300\n'}
 
 
 def cli(*args: str, cwd: Path) -> str:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ML_PLAYGROUND")}
-    env.update({"NO_COLOR": "1", "PYTHONIOENCODING": "utf-8"})
-    result = subprocess.run(
-        [sys.executable, "-m", "ml_playground", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return ok(run_cli(*args, cwd=cwd, timeout=600)).stdout
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,9 @@ from ml_playground.cli.common import (
     Debug,
     Experiment,
     Overrides,
+    Resume,
     Workdir,
+    done_line,
     err,
     load_config,
     out,
@@ -46,8 +48,8 @@ from ml_playground.errors import CheckpointError, ConfigError, MLPlaygroundError
 from ml_playground.generate.images import sample_image_grid
 from ml_playground.generate.service import encode_prompt, load_for_inference, sample_texts
 from ml_playground.train.callbacks import ProgressBar
-from ml_playground.train.checkpoint import resolve_checkpoint
 from ml_playground.train.loop import TrainResult, run_dir_for, train
+from ml_playground.train.run_checkpoint import find_run_checkpoint
 
 app = typer.Typer(
     name="ml-playground",
@@ -137,14 +139,7 @@ def _run_train(cfg: ExperimentConfig, workdir: Path, resume: bool) -> TrainResul
     summary = result.summary
     if os.environ.get("RANK", "0") != "0":
         return result  # under torchrun only rank 0 reports
-    best = summary["best_val_loss"]
-    mfu = summary.get("mfu")
-    err.print(
-        f"done: {summary['iters']} iters, best val loss "
-        f"{'n/a' if best is None else f'{best:.4f}'} at iter {summary['best_iter']}, "
-        f"{summary['wall_s']:.1f} s, {summary['tokens_per_s']:,.0f} tok/s"
-        f"{'' if mfu is None else f', MFU {mfu:.1%}'} → {result.run_dir}"
-    )
+    err.print(done_line(summary, result.run_dir))
     return result
 
 
@@ -154,10 +149,7 @@ def train_command(
     overrides: Overrides = None,
     workdir: Workdir = Path("."),
     config: ConfigFile = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume/--no-resume", help="Continue from checkpoints/last if present."),
-    ] = True,
+    resume: Resume = True,
     debug: Debug = False,
 ) -> None:
     """Train the GPT; re-running the same command resumes from checkpoints/last."""
@@ -173,20 +165,13 @@ def _sample_flags(**options: Any) -> dict[str, Any]:
 def _run_sample(
     cfg: ExperimentConfig, workdir: Path, as_json: bool, out: Path | None = None
 ) -> list[str]:
-    which = cfg.sample.checkpoint
-    path = resolve_checkpoint(run_dir_for(workdir, cfg), which)
-    if which == "best" and not path.exists():
-        fallback = resolve_checkpoint(run_dir_for(workdir, cfg), "last")
-        if fallback.exists():
-            err.print("notice: no `best` checkpoint yet; sampling from `last`")
-            path = fallback
-    if not path.exists():
-        if which not in ("best", "last"):
-            raise CheckpointError(f"no checkpoint at {path}; check the --checkpoint path")
-        raise CheckpointError(
-            f"no checkpoint at {path}; run `ml-playground train {cfg.name}` first "
-            f"(with the same --workdir and train.run_name)"
-        )
+    path = find_run_checkpoint(
+        run_dir_for(workdir, cfg),
+        cfg.sample.checkpoint,
+        verb="sampling from",
+        creator=f"ml-playground train {cfg.name}",
+        say=err.print,
+    )
     loaded = load_for_inference(path, cfg.train.device, cfg.sample.weights)
     if isinstance(loaded.tokenizer, PixelTokenizer):  # an image model: a PNG grid of samples
         texts = sample_image_grid(loaded, cfg.sample, run_dir_for(workdir, cfg), out, err.print)
@@ -314,17 +299,14 @@ def _run_serve(
     if is_checkpoint or variants:  # variants name their own checkpoints
         path = target
     else:
-        path = resolve_checkpoint(run_dir_for(workdir, cfg), cfg.serve.checkpoint)
-        if cfg.serve.checkpoint == "best" and not path.exists():
-            fallback = resolve_checkpoint(run_dir_for(workdir, cfg), "last")
-            if fallback.exists():
-                err.print("notice: no `best` checkpoint yet; serving `last`")
-                path = fallback
-        if not path.exists():
-            raise CheckpointError(
-                f"no checkpoint at {path}; run `ml-playground train {cfg.name}` first "
-                f"(with the same --workdir and train.run_name), or pass a checkpoint directory"
-            )
+        path = find_run_checkpoint(
+            run_dir_for(workdir, cfg),
+            cfg.serve.checkpoint,
+            verb="serving",
+            creator=f"ml-playground train {cfg.name}",
+            say=err.print,
+            directory_ok=True,
+        )
     try:
         import uvicorn
 

@@ -40,6 +40,20 @@ ConfigFile = Annotated[
     typer.Option("--config", help="A TOML file layered over the preset.", dir_okay=False),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for user errors.")]
+Resume = Annotated[
+    bool, typer.Option("--resume/--no-resume", help="Continue from checkpoints/last if present.")
+]
+
+
+def done_line(summary: dict[str, Any], run_dir: Path) -> str:
+    """The one line a finished training run (train, finetune) ends with."""
+    best, mfu = summary["best_val_loss"], summary.get("mfu")
+    return (
+        f"done: {summary['iters']} iters, best val loss "
+        f"{'n/a' if best is None else f'{best:.4f}'} at iter {summary['best_iter']}, "
+        f"{summary['wall_s']:.1f} s, {summary['tokens_per_s']:,.0f} tok/s"
+        f"{'' if mfu is None else f', MFU {mfu:.1%}'} → {run_dir}"
+    )
 
 
 @contextmanager

@@ -16,15 +16,17 @@ from ml_playground.cli.common import (
     Debug,
     Experiment,
     Overrides,
+    Resume,
     Workdir,
+    done_line,
     err,
     load_config,
     user_errors,
 )
-from ml_playground.errors import CheckpointError, MLPlaygroundError
+from ml_playground.errors import MLPlaygroundError
 from ml_playground.train.callbacks import ProgressBar
-from ml_playground.train.checkpoint import resolve_checkpoint
 from ml_playground.train.loop import run_dir_for
+from ml_playground.train.run_checkpoint import find_run_checkpoint
 
 
 def _require_hf_extra() -> None:
@@ -43,10 +45,7 @@ def finetune_command(
     overrides: Overrides = None,
     workdir: Workdir = Path("."),
     config: ConfigFile = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume/--no-resume", help="Continue from checkpoints/last if present."),
-    ] = True,
+    resume: Resume = True,
     debug: Debug = False,
 ) -> None:
     """Fine-tune hf.model with LoRA: prepare the corpus with its tokenizer, then train."""
@@ -57,18 +56,12 @@ def finetune_command(
 
         err.print(f"fine-tuning {cfg.hf.model} with LoRA (r={cfg.lora.r}) on {cfg.data.corpus}")
         result = finetune(cfg, workdir, resume=resume, callbacks=[ProgressBar(err)])
-        info, summary = result.dataset.info, result.train.summary
-        best = summary["best_val_loss"]
+        info = result.dataset.info
         err.print(
             f"dataset: {info['train_tokens']:,} train / {info['val_tokens']:,} val tokens "
             f"({result.dataset.directory})"
         )
-        err.print(
-            f"done: {summary['iters']} iters, best val loss "
-            f"{'n/a' if best is None else f'{best:.4f}'} at iter {summary['best_iter']}, "
-            f"{summary['wall_s']:.1f} s, {summary['tokens_per_s']:,.0f} tok/s → "
-            f"{result.train.run_dir}"
-        )
+        err.print(done_line(result.train.summary, result.train.run_dir))
         err.print(
             f"next: ml-playground sample {experiment} --prompt '...'  |  "
             f"ml-playground merge {experiment}"
@@ -99,17 +92,13 @@ def merge_command(
         from ml_playground.finetune.run import merge
 
         run_dir = run_dir_for(workdir, cfg)
-        path = resolve_checkpoint(run_dir, checkpoint)
-        if checkpoint == "best" and not path.exists():
-            fallback = resolve_checkpoint(run_dir, "last")
-            if fallback.exists():
-                err.print("notice: no `best` checkpoint yet; merging `last`")
-                path = fallback
-        if not path.exists():
-            raise CheckpointError(
-                f"no checkpoint at {path}; run `ml-playground finetune {cfg.name}` first (with "
-                f"the same --workdir and train.run_name)"
-            )
+        path = find_run_checkpoint(
+            run_dir,
+            checkpoint,
+            verb="merging",
+            creator=f"ml-playground finetune {cfg.name}",
+            say=err.print,
+        )
         target = merge(path, out if out is not None else run_dir / "merged", cfg.train.device)
         err.print(
             f"merged {path} → {target} (Hugging Face layout; also a checkpoint: "

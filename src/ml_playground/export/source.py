@@ -22,12 +22,12 @@ import torch
 
 from ml_playground.config.loading import resolve_config
 from ml_playground.config.schema import ExperimentConfig, ModelConfig
-from ml_playground.errors import CheckpointError, ConfigError
+from ml_playground.errors import ConfigError
 from ml_playground.export.common import ExportError
 from ml_playground.generate.service import LoadedModel, load_for_inference
 from ml_playground.model.gpt import GPT
-from ml_playground.train.checkpoint import resolve_checkpoint
 from ml_playground.train.loop import run_dir_for
+from ml_playground.train.run_checkpoint import find_run_checkpoint
 
 GPT2_OPTIONS = frozenset(
     {"n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "vocab_size", "vocab_multiple"}
@@ -71,20 +71,14 @@ def resolve_source(
     cfg = resolve_config(source, overrides, config_file, flags)
     if is_checkpoint:
         return ExportSource(target, cfg, cfg.sample.weights)
-    which = cfg.sample.checkpoint
-    path = resolve_checkpoint(run_dir_for(workdir, cfg), which)
-    if which == "best" and not path.exists():
-        fallback = resolve_checkpoint(run_dir_for(workdir, cfg), "last")
-        if fallback.exists():
-            notice("notice: no `best` checkpoint yet; exporting `last`")
-            path = fallback
-    if not path.exists():
-        if which not in ("best", "last"):
-            raise CheckpointError(f"no checkpoint at {path}; check the --checkpoint path")
-        raise CheckpointError(
-            f"no checkpoint at {path}; run `ml-playground train {cfg.name}` first (with the "
-            f"same --workdir and train.run_name), or pass a checkpoint directory"
-        )
+    path = find_run_checkpoint(
+        run_dir_for(workdir, cfg),
+        cfg.sample.checkpoint,
+        verb="exporting",
+        creator=f"ml-playground train {cfg.name}",
+        say=notice,
+        directory_ok=True,
+    )
     return ExportSource(path, cfg, cfg.sample.weights)
 
 
