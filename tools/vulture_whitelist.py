@@ -57,6 +57,4 @@ _.to_dicts
 _.wait_async
 
 # --- KNOWN DEAD CODE, reported to the owners: delete the code, then the entry.
-_._stoi  # data/tokenizers.CharTokenizer: superseded by _codes/_code_ids
-_.directory_parts  # variants/sweep.SweepPlan
 _.closed  # tracking/base.InMemoryTracker: set by close(), read by nothing (`status` is)

@@ -165,16 +165,12 @@ def open_checkpoint(directory: Path) -> Checkpoint:
 
 
 def load_weights(checkpoint: Checkpoint, model: nn.Module) -> None:
-    """Load `model.safetensors` into `model`, strictly (every tensor must match)."""
+    """Load `model.safetensors` into `model`, strictly: a missing or unexpected tensor makes
+    safetensors raise, which names them."""
     try:
-        missing, unexpected = load_model(model, str(checkpoint.path / "model.safetensors"))
+        load_model(model, str(checkpoint.path / "model.safetensors"), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint.path} does not fit this model: {exc}") from exc
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{checkpoint.path} does not fit this model "
-            f"(missing {missing}, unexpected {unexpected})"
-        )
 
 
 def load_ema_weights(checkpoint: Checkpoint, model: nn.Module) -> None:

@@ -162,10 +162,6 @@ class SweepPlan:
     runs: tuple[PlannedRun, ...]
     base: ExperimentConfig
 
-    @property
-    def directory_parts(self) -> tuple[str, str, str]:
-        return (self.experiment_name, SWEEPS_DIR, self.name)
-
 
 def plan_sweep(
     experiment_ref: str,

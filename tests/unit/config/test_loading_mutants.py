@@ -1,12 +1,18 @@
 """Tests that pin down `config/loading.py` where mutation testing found it under-specified.
 
 Each test kills mutants that survived `make mutation` (see docs/testing.md): the exact wording
-of the errors a user reads, which layer a path or a name goes to, and values with `=` in them.
+of the errors a user reads, which layer a path or a name goes to, values with `=` in them,
+and config files read as UTF-8 whatever the machine's locale.
 """
 
 from __future__ import annotations
 
+import codecs
+import locale
+import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from ml_playground.config.loading import (
     list_presets,
     load_experiment_layer,
     parse_override,
+    read_toml,
     resolve_config,
 )
 from ml_playground.config.schema import ExperimentConfig, TrainConfig
@@ -42,6 +49,7 @@ def test_a_preset_without_description_lists_an_empty_one(
     (package / "a_described.toml").write_text('description = "one line"\n', encoding="utf-8")
     (package / "notes.txt").write_text("not a preset", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "fake_presets", raising=False)  # not another test's copy
     monkeypatch.setattr(loading, "PRESET_PACKAGE", "fake_presets")
     assert list_presets() == {"a_described": "one line", "b_plain": ""}
     assert list(list_presets()) == ["a_described", "b_plain"]
@@ -128,3 +136,47 @@ def test_several_problems_are_joined_with_semicolons() -> None:
     assert message.startswith("invalid config: ")
     problems = message.removeprefix("invalid config: ").split("; ")
     assert sorted(p.split(":")[0] for p in problems) == ["model.n_layer", "train.batch_size"]
+
+
+@contextmanager
+def ascii_locale() -> Iterator[None]:
+    """The C locale, whose encoding is ASCII: a machine whose locale is not UTF-8.
+
+    A file opened without an explicit encoding is then decoded as ASCII, so a config with an
+    umlaut in it (the German presets' prompts have them) would fail to read. In Python's UTF-8
+    mode (PYTHONUTF8=1) the locale does not reach file encodings and there is nothing to test.
+    """
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode is on, so the locale cannot change file encodings")
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        if codecs.lookup(locale.getpreferredencoding(False)).name != "ascii":
+            pytest.skip("the C locale's encoding is not ASCII on this platform")
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+
+
+PROMPT = "Präsident Dr. Norbert Lammert: Ich eröffne die Sitzung."
+
+
+def test_a_config_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    path = tmp_path / "bundestag.toml"
+    path.write_text(f'[sample]\nprompt = "{PROMPT}"\n', encoding="utf-8")
+    with ascii_locale():
+        assert read_toml(path) == {"sample": {"prompt": PROMPT}}
+
+
+def test_a_preset_is_read_as_utf8_whatever_the_locale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "german_presets"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "rede.toml").write_text(f'[sample]\nprompt = "{PROMPT}"\n', encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "german_presets", raising=False)  # not another test's copy
+    monkeypatch.setattr(loading, "PRESET_PACKAGE", "german_presets")
+    with ascii_locale():
+        assert load_experiment_layer("rede") == {"sample": {"prompt": PROMPT}, "name": "rede"}

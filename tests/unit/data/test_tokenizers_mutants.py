@@ -9,12 +9,16 @@ the wording of errors.
 from __future__ import annotations
 
 import base64
+import io
+import itertools
 import json
 import pickle
 import random
+import sys
 from pathlib import Path
 
 import pytest
+import sentencepiece as sentencepiece_module
 import tiktoken
 import tokenizers
 from sentencepiece import sentencepiece_model_pb2
@@ -496,7 +500,7 @@ def test_an_incomplete_tiktoken_entry_names_the_metadata_file(tmp_path: Path) ->
     )
 
 
-# --- hf: what a folder declares ------------------------------------------------------------------
+# --- hf: what a folder declares ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -714,3 +718,178 @@ def test_a_failed_sentencepiece_training_names_the_kind() -> None:
     assert str(info.value).startswith(
         "data.vocab_size=5000 is too large for sentencepiece_unigram on this text"
     )
+
+
+# --- files on disk are UTF-8, whatever the locale ----------------------------------------------
+
+
+@pytest.fixture
+def cp1252_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text files opened without an explicit encoding get cp1252, as on a Western Windows.
+
+    A checkpoint made on Linux is used on other machines; a file written or read in the locale's
+    encoding would break (or silently change) every non-ASCII character there.
+    """
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, _stacklevel=2: encoding or "cp1252")
+
+
+DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
+"""DeepSeek's end-of-text spelling: full-width bars and '▁', none of them in cp1252."""
+
+
+@pytest.mark.usefixtures("cp1252_locale")
+def test_a_char_vocabulary_is_utf8_on_disk_whatever_the_locale(tmp_path: Path) -> None:
+    text = "Grüße, 字 → ▁ and more"
+    tokenizer = CharTokenizer.train([text])
+    tokenizer.save(tmp_path)
+    saved = json.loads((tmp_path / TOKENIZER_FILE).read_bytes().decode("utf-8"))
+    assert saved["chars"] == tokenizer.chars
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.encode(text) == tokenizer.encode(text)
+    assert loaded.decode(loaded.encode(text)) == text
+
+
+@pytest.mark.usefixtures("cp1252_locale")
+def test_hf_files_are_utf8_on_disk_whatever_the_locale(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    backend = hf_backend(specials=("<s>", DEEPSEEK_EOS))
+    backend.save(str(folder / TOKENIZER_FILE))
+    config = json.dumps({"eos_token": DEEPSEEK_EOS, "note": "Grüße"}, ensure_ascii=False)
+    (folder / "tokenizer_config.json").write_bytes(config.encode("utf-8"))
+    HuggingFaceTokenizer.from_pretrained(str(folder)).save(tmp_path / "saved")
+    assert metadata(tmp_path / "saved")["eot"] == DEEPSEEK_EOS
+    loaded = load_tokenizer(tmp_path / "saved")
+    assert loaded.eot_id == backend.token_to_id(DEEPSEEK_EOS)
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "tokenizer_config.json").read_bytes() == config.encode("utf-8")
+
+
+# --- loading: odd metadata ---------------------------------------------------------------------
+
+
+def test_a_corrupt_pixels_entry_names_the_metadata_file(tmp_path: Path) -> None:
+    (tmp_path / METADATA_FILE).write_text('{"kind": "pixels", "levels": 5}', "utf-8")
+    with pytest.raises(DataError) as info:
+        load_tokenizer(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / METADATA_FILE}: bad pixel tokenizer (")
+
+
+def test_a_hand_edited_eot_that_is_not_a_string_loads_without_one(
+    tmp_path: Path, hf_dir: Path
+) -> None:
+    kinds = {
+        "hf": HuggingFaceTokenizer.from_pretrained(str(hf_dir)),
+        "tiktoken": TiktokenTokenizer.from_ranks_file(write_ranks(tmp_path / "toy.tiktoken")),
+    }
+    for kind, tokenizer in kinds.items():
+        tokenizer.save(tmp_path / kind)
+        data = metadata(tmp_path / kind) | {"eot": ["</s>", EOT]}
+        (tmp_path / kind / METADATA_FILE).write_text(json.dumps(data), "utf-8")
+        loaded = load_tokenizer(tmp_path / kind)
+        assert loaded.eot_id is None, kind
+        assert loaded.encode("the king") == tokenizer.encode("the king"), kind
+
+
+# --- hf: BOS detection, offsets, chat templates, transformers missing --------------------------
+
+
+def test_hf_a_tokenizer_that_cannot_spell_a_latin_letter_loads_without_bos(
+    tmp_path: Path,
+) -> None:
+    """A BPE without `<unk>` trained on CJK text encodes "a" (the BOS probe) to no ids at all."""
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=100, special_tokens=["</s>"], show_progress=False)
+    backend.train_from_iterator(["一二三 四五 一二 三四 五六"] * 5, trainer=trainer)
+    backend.save(str(tmp_path / TOKENIZER_FILE))
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(tmp_path))
+    assert tokenizer.bos_id is None
+    assert tokenizer.eot_id == backend.token_to_id("</s>")
+    assert tokenizer.encode("一二 三四") == backend.encode("一二 三四").ids != []
+
+
+def test_saved_bpe_maps_every_token_to_its_exact_span_of_the_text(tmp_path: Path) -> None:
+    """As GPT-2's tokenizer.json does: spans keep their leading space, so they tile the text
+    (what `return_offsets_mapping` users of an exported tokenizer get)."""
+    HuggingFaceTokenizer.train_bpe(300, corpus()).save(tmp_path)
+    text = corpus()[0][:300]
+    offsets = tokenizers.Tokenizer.from_file(str(tmp_path / TOKENIZER_FILE)).encode(text).offsets
+    assert offsets[0][0] == 0
+    assert offsets[-1][1] == len(text)
+    assert all(end == start for (_, end), (start, _) in itertools.pairwise(offsets))
+
+
+def test_encode_chat_can_open_the_assistant_turn(hf_dir: Path) -> None:
+    """What a prompt looks like at inference: the conversation, then the assistant's header."""
+    template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    (hf_dir / "chat_template.jinja").write_text(template, "utf-8")
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    prompt = [{"role": "user", "content": "the king"}]
+    assert tokenizer.encode_chat(prompt) == tokenizer.encode("user: the king\n")
+    opened = tokenizer.encode_chat(prompt, add_generation_prompt=True)
+    assert opened == tokenizer.encode("user: the king\nassistant:")
+
+
+def test_a_chat_template_that_refuses_a_conversation_is_a_data_error(hf_dir: Path) -> None:
+    template = (
+        "{% for m in messages %}{% if m['role'] not in ['user', 'model'] %}"
+        "{{ raise_exception('Unknown role: ' + m['role']) }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    )
+    (hf_dir / "chat_template.jinja").write_text(template, "utf-8")
+    tokenizer = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    pair = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    with pytest.raises(DataError) as info:
+        tokenizer.encode_chat(pair)
+    assert str(info.value) == "the chat template cannot format this pair: Unknown role: assistant"
+    with pytest.raises(DataError) as info:
+        tokenizer.encode_chat([])
+    assert str(info.value).startswith("the chat template cannot format this pair: ")
+
+
+def test_without_transformers_hub_ids_and_chat_templates_say_what_to_install(
+    hf_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (hf_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", "utf-8")
+    chat = HuggingFaceTokenizer.from_pretrained(str(hf_dir))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
+    with pytest.raises(DataError) as info:
+        HuggingFaceTokenizer.from_pretrained("org/model")
+    assert str(info.value) == (
+        "data.tokenizer_name='org/model' looks like a Hugging Face Hub id, which needs "
+        "transformers: pip install 'ml_playground[hf]' (or point it at a local folder with a "
+        "tokenizer.json)"
+    )
+    with pytest.raises(DataError) as info:
+        chat.encode_chat([{"role": "user", "content": "hi"}])
+    assert str(info.value) == (
+        "chat templates need transformers: pip install 'ml_playground[hf]' (or set "
+        "data.chat_template=false)"
+    )
+
+
+# --- SentencePiece: batches and a quiet trainer ------------------------------------------------
+
+
+def test_sentencepiece_batches_in_which_every_text_holds_the_space_symbol(
+    sentencepiece: dict[str, SentencePieceTokenizer],
+) -> None:
+    texts = ["a\u2581b", "\u2581the king\u2581"]
+    for kind, tokenizer in sentencepiece.items():
+        ids = tokenizer.encode_batch(texts)
+        assert ids == [tokenizer.encode(text) for text in texts], kind
+        assert [tokenizer.decode(i) for i in ids] == texts, kind
+
+
+def test_sentencepiece_training_prints_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """SentencePiece logs every training step to stderr unless told not to; `prepare` shows its
+    own progress instead."""
+    # The log level is process-wide: a fresh process starts at 0 (everything), but an earlier
+    # training in this one has lowered it already. Start from a fresh process's level.
+    sentencepiece_module.set_min_log_level(0)
+    SentencePieceTokenizer.train("sentencepiece_unigram", 300, corpus())
+    assert capfd.readouterr() == ("", "")

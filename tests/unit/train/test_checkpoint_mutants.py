@@ -1,14 +1,20 @@
 """Checkpoint behaviour that mutation testing found unpinned (see docs/testing.md).
 
 `test_checkpoint.py` covers the round trip and crash safety; these tests add the EMA weights,
-the refusal to unpickle code from `optimizer.pt`, LoRA (adapter-only) checkpoints, and saving
-into a folder that does not exist yet.
+the refusal to unpickle code from `optimizer.pt`, LoRA (adapter-only) checkpoints, saving
+into a folder that does not exist yet, text files in UTF-8 whatever the locale, and resuming
+a GPU run's optimizer on a CPU.
 """
 
 from __future__ import annotations
 
+import codecs
+import json
+import locale
 import pickle
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +185,98 @@ def test_save_creates_every_missing_parent(
     directory = tmp_path / "runs" / "exp" / "main" / "checkpoints" / "last"
     save(directory, config, tokenizer_dir, model_for(config, 0))
     assert ckpt.open_checkpoint(directory).state["iter"] == 1
+
+
+@contextmanager
+def ascii_locale() -> Iterator[None]:
+    """The C locale, whose encoding is ASCII: a machine whose locale is not UTF-8.
+
+    A file written or read without an explicit encoding then uses ASCII. In Python's UTF-8 mode
+    (PYTHONUTF8=1) the locale does not reach file encodings and there is nothing to test.
+    """
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode is on, so the locale cannot change file encodings")
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        if codecs.lookup(locale.getpreferredencoding(False)).name != "ascii":
+            pytest.skip("the C locale's encoding is not ASCII on this platform")
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+
+
+def test_a_config_with_umlauts_round_trips_through_a_checkpoint_whatever_the_locale(
+    config: ExperimentConfig, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    # The German presets sample from prompts like this one; config.toml stores it.
+    prompt = "Präsident Dr. Norbert Lammert: Ich eröffne die Sitzung."
+    config = config.model_copy(
+        update={"sample": config.sample.model_copy(update={"prompt": prompt})}
+    )
+    model = model_for(config, 0)
+    with ascii_locale():
+        directory = save(tmp_path / "last", config, tokenizer_dir, model)
+        checkpoint = ckpt.open_checkpoint(directory)
+    assert checkpoint.config.sample.prompt == prompt
+    # UTF-8 on disk, so the checkpoint reads the same on a machine with another locale.
+    assert prompt in (directory / "config.toml").read_bytes().decode("utf-8")
+
+
+def test_optimizer_state_saved_on_a_gpu_resumes_on_a_cpu(
+    config: ExperimentConfig,
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible, so this is not a CPU-only machine")
+    model = model_for(config, 0)
+    optimizer = build_optimizer(model, config.train, torch.device("cpu"))
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    _, loss = model(tokens, targets=tokens)
+    assert loss is not None
+    loss.backward()
+    optimizer.step()  # now it holds moments to resume
+    # torch.save records each tensor's device by `location_tag`; on a GPU it says "cuda:0".
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda _storage: "cuda:0")
+        directory = save(tmp_path / "last", config, tokenizer_dir, model, optimizer=optimizer)
+    resumed = build_optimizer(model, config.train, torch.device("cpu"))
+    ckpt.load_optimizer(ckpt.open_checkpoint(directory), resumed)
+    expected, loaded = optimizer.state_dict()["state"], resumed.state_dict()["state"]
+    assert loaded.keys() == expected.keys()
+    for index, moments in expected.items():
+        for key, value in moments.items():
+            assert loaded[index][key].device.type == "cpu"
+            assert torch.equal(loaded[index][key], value), (index, key)
+
+
+def test_optimizer_code_is_refused_even_where_the_environment_turns_torchs_guard_off(
+    config: ExperimentConfig,
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Some people set this to load old pickles; it only changes torch.load's *default*.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    model = model_for(config, 0)
+    optimizer = build_optimizer(model, config.train, torch.device("cpu"))
+    directory = save(tmp_path / "last", config, tokenizer_dir, model, optimizer=optimizer)
+    tampered = optimizer.state_dict()
+    tampered["payload"] = NotATensor()
+    torch.save(tampered, directory / "optimizer.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        ckpt.load_optimizer(ckpt.open_checkpoint(directory), optimizer)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_every_cuda_generator_resumes_where_it_was() -> None:
+    torch.cuda.manual_seed_all(0)
+    state = json.loads(json.dumps(ckpt.capture_rng_state()))  # as it comes back from state.json
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    expected = torch.rand(8, device="cuda")
+    torch.cuda.manual_seed_all(1)
+    ckpt.restore_rng_state(state)
+    assert torch.equal(torch.rand(8, device="cuda"), expected)
