@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test test-all quality lint typecheck deadcode docs mutation clean test-llamacpp
+.PHONY: setup demo test test-fast quality lint typecheck deadcode docs mutation clean test-llamacpp
 
 setup: $(STAMP)
 
@@ -19,14 +19,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/ml-playground loop shakespeare_char --workdir .
 
-# llamacpp tests run in `make test-llamacpp` only (they need llama-cpp-python, built from source).
-# `slow` tests (e2e flows, DDP, crash safety, preset training) run in `make test-all`: with them
-# the suite was not measured under CI's 15-minute budget on 2 cores yet (see docs/testing.md).
+# `make test` (what CI runs) is the whole suite but the llamacpp tests, which need
+# llama-cpp-python built from source (`make test-llamacpp`). It took 10 min 32 s on 2 idle cores
+# (2026-11-23), inside CI's 15-minute budget for a suite with `slow` tests; `make test-fast`
+# leaves those out (~4 min), for the edit-test loop.
 test: setup
-	$(PY) -m pytest -q -m "not slow and not llamacpp"
-
-test-all: setup
 	$(PY) -m pytest -q -m "not llamacpp"
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not llamacpp"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools
