@@ -113,6 +113,11 @@ def _run_prepare(cfg: ExperimentConfig, workdir: Path, force: bool) -> PrepareRe
         f"dataset {verb}: {result.directory} — {info['train_tokens']:,} train / "
         f"{info['val_tokens']:,} val tokens, vocab {info['vocab_size']}, {info['dtype']}, "
         f"{info['documents']:,} documents"
+        + (
+            f" (loss on {info['train_response_tokens']:,} train response tokens)"
+            if "loss_mask" in info
+            else ""
+        )
         + ("" if result.skipped else f", {info['source_bytes'] / 1e6 / seconds:.1f} MB/s")
     )
     return result
