@@ -183,7 +183,7 @@ def _run_sample(
         if as_json:
             sys.stdout.write(json.dumps({"samples": texts}) + "\n")
         return texts
-    encode_prompt(loaded, cfg.sample.prompt)  # fail before anything is printed
+    encode_prompt(loaded, cfg.sample.prompt, cfg.sample.chat)  # fail before anything is printed
 
     def stream(index: int, delta: str) -> None:
         sys.stdout.write(delta)
@@ -237,6 +237,10 @@ def sample(
     min_new_tokens: Annotated[
         int | None, typer.Option(help="No end-of-text before this many tokens.")
     ] = None,
+    chat: Annotated[
+        bool | None,
+        typer.Option("--chat/--no-chat", help="Prompt as a user turn of the chat template."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"samples": [...]}.')] = False,
     out: Annotated[
         Path | None, typer.Option(help="Image presets: write the PNG grid here.", dir_okay=False)
@@ -260,6 +264,7 @@ def sample(
             repetition_penalty=repetition_penalty,
             stop=stop or None,
             min_new_tokens=min_new_tokens,
+            chat=chat,
         )
         _run_sample(load_config(experiment, overrides, config, flags), workdir, as_json, out)
 

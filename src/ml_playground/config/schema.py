@@ -341,6 +341,11 @@ class SampleConfig(Section):
     min_new_tokens: int = Field(
         0, ge=0, description="No end-of-text before this many tokens (tokenizers with eot)."
     )
+    chat: bool = Field(
+        False,
+        description="Send the prompt as a user turn through the tokenizer's chat template, "
+        "assistant header included: how a fine-tune on chat-templated pairs saw its prompts.",
+    )
 
 
 class TrackingConfig(Section):

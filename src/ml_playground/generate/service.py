@@ -25,7 +25,7 @@ from typing import cast
 import torch
 
 from ml_playground.config.schema import SampleConfig
-from ml_playground.data.tokenizers import Tokenizer, load_tokenizer
+from ml_playground.data.tokenizers import HuggingFaceTokenizer, Tokenizer, load_tokenizer
 from ml_playground.errors import CheckpointError, MLPlaygroundError
 from ml_playground.generate.decode import BatchDecoder, FinishReason
 from ml_playground.generate.sampling import SamplingParams
@@ -137,11 +137,24 @@ def load_for_inference(path: Path, device: str = "auto", weights: str = "model")
     return LoadedModel(model, tokenizer, checkpoint, torch_device)
 
 
-def encode_prompt(loaded: LoadedModel, prompt: str) -> list[int]:
-    """The prompt's token ids, or a clear error (empty, or characters the tokenizer lacks)."""
+def encode_prompt(loaded: LoadedModel, prompt: str, chat: bool = False) -> list[int]:
+    """The prompt's token ids, or a clear error (empty, or characters the tokenizer lacks).
+
+    `chat` renders it as a user turn with the chat template's assistant header, as `prepare`
+    rendered the prompts of a chat fine-tune, without the leading BOS: the model adds that.
+    """
     if not prompt:
         raise MLPlaygroundError("the prompt is empty; give at least one character (--prompt)")
-    return loaded.tokenizer.encode(prompt)
+    if not chat:
+        return loaded.tokenizer.encode(prompt)
+    tokenizer = loaded.tokenizer
+    if not isinstance(tokenizer, HuggingFaceTokenizer) or tokenizer.chat_template is None:
+        raise MLPlaygroundError(
+            f"--chat needs a tokenizer with a chat template; this checkpoint's "
+            f"({tokenizer.kind}) has none: drop --chat (sample.chat=false)"
+        )
+    ids = tokenizer.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return ids[1:] if ids and ids[0] == tokenizer.bos_id else ids
 
 
 def _generator(loaded: LoadedModel, seed: int | None) -> torch.Generator:
@@ -263,7 +276,7 @@ def sample_texts(
     `on_text(sample_index, delta)` receives text as it is generated (for streaming to a terminal).
     The returned strings are the continuations without the prompt.
     """
-    prompt_ids = encode_prompt(loaded, settings.prompt)
+    prompt_ids = encode_prompt(loaded, settings.prompt, settings.chat)
     generation = GenerationSettings.from_sample_config(settings)
     generator = _generator(loaded, settings.seed)
     outputs = []
