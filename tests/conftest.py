@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
+import locale
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -111,3 +115,24 @@ def make_config(tiny_experiment: Path) -> Callable[..., ExperimentConfig]:
         return resolve_config(str(tiny_experiment), list(overrides))
 
     return build
+
+
+@contextmanager
+def ascii_locale() -> Iterator[None]:
+    """The C locale, whose encoding is ASCII: a machine whose locale is not UTF-8.
+
+    A file opened without an explicit encoding is then read and written as ASCII, so a config,
+    checkpoint or preset with an umlaut in it (the German presets' prompts have them) breaks
+    unless the code names UTF-8. In Python's UTF-8 mode (PYTHONUTF8=1) the locale does not reach
+    file encodings and there is nothing to test.
+    """
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode is on, so the locale cannot change file encodings")
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        if codecs.lookup(locale.getpreferredencoding(False)).name != "ascii":
+            pytest.skip("the C locale's encoding is not ASCII on this platform")
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)

@@ -7,17 +7,14 @@ and config files read as UTF-8 whatever the machine's locale.
 
 from __future__ import annotations
 
-import codecs
-import locale
 import sys
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from conftest import ascii_locale
 from ml_playground.config import loading
 from ml_playground.config.loading import (
     check_keys,
@@ -136,26 +133,6 @@ def test_several_problems_are_joined_with_semicolons() -> None:
     assert message.startswith("invalid config: ")
     problems = message.removeprefix("invalid config: ").split("; ")
     assert sorted(p.split(":")[0] for p in problems) == ["model.n_layer", "train.batch_size"]
-
-
-@contextmanager
-def ascii_locale() -> Iterator[None]:
-    """The C locale, whose encoding is ASCII: a machine whose locale is not UTF-8.
-
-    A file opened without an explicit encoding is then decoded as ASCII, so a config with an
-    umlaut in it (the German presets' prompts have them) would fail to read. In Python's UTF-8
-    mode (PYTHONUTF8=1) the locale does not reach file encodings and there is nothing to test.
-    """
-    if sys.flags.utf8_mode:
-        pytest.skip("Python's UTF-8 mode is on, so the locale cannot change file encodings")
-    previous = locale.setlocale(locale.LC_CTYPE)
-    locale.setlocale(locale.LC_CTYPE, "C")
-    try:
-        if codecs.lookup(locale.getpreferredencoding(False)).name != "ascii":
-            pytest.skip("the C locale's encoding is not ASCII on this platform")
-        yield
-    finally:
-        locale.setlocale(locale.LC_CTYPE, previous)
 
 
 PROMPT = "Präsident Dr. Norbert Lammert: Ich eröffne die Sitzung."

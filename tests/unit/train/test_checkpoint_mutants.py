@@ -8,19 +8,16 @@ a GPU run's optimizer on a CPU.
 
 from __future__ import annotations
 
-import codecs
 import json
-import locale
 import pickle
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from conftest import ascii_locale
 from ml_playground.config.loading import config_to_toml
 from ml_playground.config.schema import ExperimentConfig
 from ml_playground.data.tokenizers import CharTokenizer, load_tokenizer
@@ -185,25 +182,6 @@ def test_save_creates_every_missing_parent(
     directory = tmp_path / "runs" / "exp" / "main" / "checkpoints" / "last"
     save(directory, config, tokenizer_dir, model_for(config, 0))
     assert ckpt.open_checkpoint(directory).state["iter"] == 1
-
-
-@contextmanager
-def ascii_locale() -> Iterator[None]:
-    """The C locale, whose encoding is ASCII: a machine whose locale is not UTF-8.
-
-    A file written or read without an explicit encoding then uses ASCII. In Python's UTF-8 mode
-    (PYTHONUTF8=1) the locale does not reach file encodings and there is nothing to test.
-    """
-    if sys.flags.utf8_mode:
-        pytest.skip("Python's UTF-8 mode is on, so the locale cannot change file encodings")
-    previous = locale.setlocale(locale.LC_CTYPE)
-    locale.setlocale(locale.LC_CTYPE, "C")
-    try:
-        if codecs.lookup(locale.getpreferredencoding(False)).name != "ascii":
-            pytest.skip("the C locale's encoding is not ASCII on this platform")
-        yield
-    finally:
-        locale.setlocale(locale.LC_CTYPE, previous)
 
 
 def test_a_config_with_umlauts_round_trips_through_a_checkpoint_whatever_the_locale(
