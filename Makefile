@@ -20,9 +20,9 @@ demo: setup
 	$(VENV)/bin/ml-playground loop shakespeare_char --workdir .
 
 # `make test` (what CI runs) is the whole suite but the llamacpp tests, which need
-# llama-cpp-python built from source (`make test-llamacpp`). It took 10 min 32 s on 2 idle cores
-# (2026-11-23), inside CI's 15-minute budget for a suite with `slow` tests; `make test-fast`
-# leaves those out (~4 min), for the edit-test loop.
+# llama-cpp-python built from source (`make test-llamacpp`). In a fresh clone it took 8 min 49 s
+# on 2 idle cores (950 tests, 2026-11-23), `slow` tests included; `make test-fast` leaves those
+# out (~3 min), for the edit-test loop.
 test: setup
 	$(PY) -m pytest -q -m "not llamacpp"
 
