@@ -48,12 +48,24 @@ print(f"iters {s['iters']}  best val {s['best_val_loss']}  tokens/s {s['tokens_p
 EOF
 }
 
+steady() {  # metrics.jsonl → the median tokens/s recorded at the evaluations after iteration 100
+    "$py" - "$1" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s") and r["iter"] > 100]
+print(f"steady-state tokens/s (median over the {len(rates)} evaluations after iter 100): "
+      f"{statistics.median(rates):,.0f}" if rates else "no evaluation after iter 100")
+EOF
+}
+
 case $stage in
 tests)
     "$py" -m pytest -q -m gpu tests 2>&1 | tee "$out/gpu_tests.log"
     ;;
 engine)
-    run=(tinyshakespeare_char "data.path=$data" --workdir "$work")
+    # EXTRA="KEY=VALUE ..." adds overrides (e.g. a tiny model and train.device=cpu to smoke-test).
+    read -ra extra <<< "${EXTRA:-}"
+    run=(tinyshakespeare_char "data.path=$data" "${extra[@]}" --workdir "$work")
     "$py" -m ml_playground prepare "${run[@]}"
     "$py" -m ml_playground train "${run[@]}" train.max_iters=750 2>&1 | tee "$out/engine_750.log"
     cp "$work/runs/tinyshakespeare_char/main/summary.json" "$out/engine_summary_750.json"
@@ -62,7 +74,10 @@ engine)
     cp "$work/runs/tinyshakespeare_char/main/metrics.jsonl" "$out/engine_metrics.jsonl"
     grep -q "resum" "$out/engine_1000.log" || { echo "FAIL: the second train did not resume" >&2; exit 1; }
     { echo "first 750:  $(summary "$out/engine_summary_750.json")"
-      echo "resumed to 1000: $(summary "$out/engine_summary_1000.json")"; } | tee "$out/engine.txt"
+      echo "resumed to 1000: $(summary "$out/engine_summary_1000.json")"
+      steady "$out/engine_metrics.jsonl"
+      echo "(summary.json's tokens/s and MFU average each whole session, compilation included)"
+    } | tee "$out/engine.txt"
     ;;
 throughput)
     "$py" benchmarks/bench_throughput.py --batches "${BATCHES:-12,16,24,32}" 2>&1 | tee "$out/throughput.md"
@@ -84,8 +99,10 @@ from tiny_hf import sample_text, save_tiny_model
 save_tiny_model(Path(sys.argv[1]), "llama")
 Path(sys.argv[2]).write_text(sample_text(lines=2000), "utf-8")
 EOF
-    run=(tiny_hf_lora "hf.model=$work/tiny_llama" "data.path=$work/corpus.txt" train.device=cuda
-         train.dtype=bfloat16 train.max_iters=200 train.eval_interval=50 --workdir "$work")
+    # DEVICE=cpu DTYPE=float32 runs the same stage on a CPU (a smoke test of this script).
+    run=(tiny_hf_lora "hf.model=$work/tiny_llama" "data.path=$work/corpus.txt"
+         "train.device=${DEVICE:-cuda}" "train.dtype=${DTYPE:-bfloat16}" train.max_iters=200
+         train.eval_interval=50 --workdir "$work")
     "$py" -m ml_playground finetune "${run[@]}" 2>&1 | tee "$out/finetune.log"
     "$py" -m ml_playground sample "${run[@]}" --temperature 0 2>&1 | tee -a "$out/finetune.log"
     summary "$work/runs/tiny_hf_lora/main/summary.json" | tee "$out/finetune.txt"
