@@ -24,6 +24,9 @@ _.input_spec
 _.output_spec
 _.predict_minibatch
 
+# --- Request fields FastAPI fills and `model_dump()` reads (serve/app.ChatMessage).
+_.role
+
 # --- Signatures fixed by the caller: signal handlers get (signum, frame); Optimizer.step(closure).
 _.frame
 _.closure

@@ -147,13 +147,19 @@ def encode_prompt(loaded: LoadedModel, prompt: str, chat: bool = False) -> list[
         raise MLPlaygroundError("the prompt is empty; give at least one character (--prompt)")
     if not chat:
         return loaded.tokenizer.encode(prompt)
+    return encode_messages(loaded, [{"role": "user", "content": prompt}])
+
+
+def encode_messages(loaded: LoadedModel, messages: Sequence[dict[str, str]]) -> list[int]:
+    """A conversation through the tokenizer's chat template, ending with the assistant header
+    (the model writes the next turn), without the leading BOS: the model adds that."""
     tokenizer = loaded.tokenizer
     if not isinstance(tokenizer, HuggingFaceTokenizer) or tokenizer.chat_template is None:
         raise MLPlaygroundError(
-            f"--chat needs a tokenizer with a chat template; this checkpoint's "
-            f"({tokenizer.kind}) has none: drop --chat (sample.chat=false)"
+            f"chat prompts need a tokenizer with a chat template; this checkpoint's "
+            f"({tokenizer.kind}) has none: drop --chat (sample.chat=false), or use completions"
         )
-    ids = tokenizer.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
     return ids[1:] if ids and ids[0] == tokenizer.bos_id else ids
 
 
@@ -227,6 +233,18 @@ def generate_batch(
     one generator, so prompt i's sample depends on the others in the batch; greedy does not).
     """
     prompt_ids = [encode_prompt(loaded, prompt) for prompt in prompts]
+    return generate_from_ids(loaded, prompt_ids, settings, on_text)
+
+
+def generate_from_ids(
+    loaded: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    settings: GenerationSettings,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[GenerationResult]:
+    """`generate_batch` for prompts already encoded (a chat rendered by `encode_messages`)."""
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise MLPlaygroundError("the prompt is empty; give at least one token")
     return _generate(loaded, prompt_ids, settings, _generator(loaded, settings.seed), on_text)
 
 

@@ -1,5 +1,8 @@
-"""The HTTP API: OpenAI-style `/v1/completions` (plain and server-sent events), `/v1/models`,
-`/health`, and the web playground at `/`.
+"""The HTTP API: OpenAI-style `/v1/completions` and `/v1/chat/completions` (plain and
+server-sent events), `/v1/models`, `/health`, and the web playground at `/`.
+
+Chat requests go through the checkpoint tokenizer's chat template (a fine-tuned Hugging Face
+model's); a checkpoint without one answers 400 and takes completions only.
 
 Every bad request gets a 4xx with OpenAI's error body `{"error": {message, type, param, code}}`,
 so existing clients show a useful message; a 500 means a bug.
@@ -14,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ml_playground.config.schema import ServeConfig
 from ml_playground.errors import MLPlaygroundError
-from ml_playground.generate.service import GenerationResult, GenerationSettings, LoadedModel
+from ml_playground.generate.service import (
+    GenerationResult,
+    GenerationSettings,
+    LoadedModel,
+    encode_messages,
+)
 from ml_playground.serve.engine import CompletionJob, Delta, Engine
 from ml_playground.serve.variants import VariantRouter
 
@@ -71,8 +79,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's completion request, minus what a small local model cannot do; `top_k` is ours.
+class SamplingRequest(BaseModel):
+    """What OpenAI's completion and chat requests share, minus what a small local model cannot
+    do; `top_k` is ours.
 
     Strict types: `"max_tokens": "5"` is an error, not 5. Unknown fields are errors too.
     """
@@ -80,7 +89,6 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
-    prompt: str | list[str] = Field(..., description="Text to continue, or several texts.")
     max_tokens: int | None = Field(16, ge=1, description="New tokens per choice (default 16).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -90,9 +98,28 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    """OpenAI's `/v1/completions` request."""
+
+    prompt: str | list[str] = Field(..., description="Text to continue, or several texts.")
     echo: bool = Field(False, description="Prepend the prompt to each choice's text.")
     logprobs: int | None = Field(None, ge=0, le=0, description="Not supported (null or 0).")
-    user: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """OpenAI's `/v1/chat/completions` request: the conversation goes through the checkpoint
+    tokenizer's chat template, as a chat fine-tune's training pairs did."""
+
+    messages: list[ChatMessage] = Field(..., min_length=1, description="The conversation so far.")
 
 
 def _openai_message(error: dict[str, Any]) -> tuple[str, str | None]:
@@ -246,8 +273,8 @@ def create_app(
             )
         return model_card()
 
-    def plan(request: CompletionRequest) -> tuple[list[str], list[CompletionJob], list[int]]:
-        """Check everything that depends on the model, before any work starts."""
+    def check(request: SamplingRequest) -> tuple[int, tuple[str, ...], int]:
+        """(max_tokens, stop sequences, seed) of a request, checked against this server."""
         if request.model is not None and request.model != model_id:
             raise APIError(
                 404,
@@ -263,11 +290,37 @@ def create_app(
                 f"{settings.max_tokens_cap} (ml-playground serve ... serve.max_tokens_cap=N)",
                 param="max_tokens",
             )
+        stop = _stop_sequences(request.stop)
+        seed = secrets.randbits(63) if request.seed is None else request.seed
+        return max_tokens, stop, seed
+
+    def settings_for(
+        request: SamplingRequest, ids: list[int], param: str, max_tokens: int,
+        stop: tuple[str, ...], seed: int,
+    ) -> GenerationSettings:  # fmt: skip
+        if len(ids) > block_size:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {block_size} tokens; the prompt "
+                f"has {len(ids)}. Shorten the prompt.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return GenerationSettings(
+            max_new_tokens=max_tokens,
+            temperature=request.temperature,
+            top_k=request.top_k or None,
+            top_p=request.top_p,
+            stop=stop,
+            seed=seed,
+        )
+
+    def plan(request: CompletionRequest) -> tuple[list[str], list[CompletionJob], list[int]]:
+        """Check everything that depends on the model, before any work starts."""
+        max_tokens, stop, seed = check(request)
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if not prompts:
             raise APIError(400, "'prompt' must not be an empty list", param="prompt")
-        stop = _stop_sequences(request.stop)
-        seed = secrets.randbits(63) if request.seed is None else request.seed
         jobs, lengths = [], []
         for index, prompt in enumerate(prompts):
             if not prompt:
@@ -277,25 +330,22 @@ def create_app(
             except MLPlaygroundError as exc:
                 message = f"prompt: {exc}"
                 raise APIError(400, message, param="prompt", code="invalid_prompt") from None
-            if len(ids) > block_size:
-                raise APIError(
-                    400,
-                    f"This model's maximum context length is {block_size} tokens; the prompt "
-                    f"has {len(ids)}. Shorten the prompt.",
-                    param="prompt",
-                    code="context_length_exceeded",
-                )
-            generation = GenerationSettings(
-                max_new_tokens=max_tokens,
-                temperature=request.temperature,
-                top_k=request.top_k or None,
-                top_p=request.top_p,
-                stop=stop,
-                seed=seed + index,
-            )
+            generation = settings_for(request, ids, "prompt", max_tokens, stop, seed + index)
             jobs.append(CompletionJob(prompt, request.n, generation))
             lengths.append(len(ids))
         return prompts, jobs, lengths
+
+    def plan_chat(request: ChatCompletionRequest) -> tuple[CompletionJob, int]:
+        """The conversation rendered by the chat template, as one job; and its token count."""
+        max_tokens, stop, seed = check(request)
+        messages = [message.model_dump() for message in request.messages]
+        try:
+            ids = encode_messages(loaded, messages)
+        except MLPlaygroundError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_prompt") from None
+        generation = settings_for(request, ids, "messages", max_tokens, stop, seed)
+        text = loaded.tokenizer.decode(ids)
+        return CompletionJob(text, request.n, generation, tuple(ids)), len(ids)
 
     def usage(prompt_lengths: list[int], n: int, choices: list[GenerationResult]) -> dict[str, int]:
         prompt_tokens = sum(prompt_lengths) * n
@@ -359,6 +409,68 @@ def create_app(
                     yield event([_chunk(item.index, "", item.choice.finish_reason)])
             if request.stream_options is not None and request.stream_options.include_usage:
                 yield event([], usage=usage(lengths, request.n, finished))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+        )
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
+    async def chat_completions(request: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+        job, length = plan_chat(request)
+        variant = "" if router is None else await router.choose()
+        answering = engines[variant]
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": model_id,
+            "system_fingerprint": fingerprints[variant],
+            **({} if router is None else {"variant": variant}),
+        }
+        headers = {} if router is None else {"X-ML-Playground-Variant": variant}
+        if router is not None:
+            router.shadow(str(head["id"]), [job.prompt], [job])
+
+        if not request.stream:
+            choices = await answering.complete([job])
+            body = {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": choice.text},
+                        "logprobs": None,
+                        "finish_reason": choice.finish_reason,
+                    }
+                    for i, choice in enumerate(choices)
+                ],
+                "usage": usage([length], request.n, choices),
+            }
+            return JSONResponse(body, headers=headers)
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        def delta(index: int, content: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+            return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
+
+        async def events() -> AsyncIterator[str]:
+            # OpenAI's stream: the role first, then content deltas, then an empty delta that
+            # carries the finish reason.
+            yield event([delta(i, {"role": "assistant", "content": ""}) for i in range(request.n)])
+            finished: list[GenerationResult] = []
+            async for item in answering.stream([job]):
+                if isinstance(item, Delta):
+                    yield event([delta(item.index, {"content": item.text})])
+                else:
+                    finished.append(item.choice)
+                    yield event([delta(item.index, {}, item.choice.finish_reason)])
+            if request.stream_options is not None and request.stream_options.include_usage:
+                yield event([], usage=usage([length], request.n, finished))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(

@@ -18,16 +18,22 @@ from ml_playground.generate.service import (
     GenerationSettings,
     LoadedModel,
     generate_batch,
+    generate_from_ids,
 )
 
 
 @dataclass(frozen=True)
 class CompletionJob:
-    """One prompt and how to continue it (`n` choices, decoded together as one batch)."""
+    """One prompt and how to continue it (`n` choices, decoded together as one batch).
+
+    `prompt_ids`, when set, are the tokens to continue and `prompt` only their text (a chat
+    rendered through the template, whose special tokens plain encoding would not give back).
+    """
 
     prompt: str
     n: int
     settings: GenerationSettings
+    prompt_ids: tuple[int, ...] | None = None
 
 
 class _Cancelled(Exception):
@@ -55,6 +61,8 @@ def run_completion(
             on_text(index, delta)
 
     try:
+        if job.prompt_ids is not None:
+            return generate_from_ids(loaded, [job.prompt_ids] * job.n, job.settings, forward)
         return generate_batch(loaded, [job.prompt] * job.n, job.settings, forward)
     except _Cancelled:
         return []

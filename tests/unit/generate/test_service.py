@@ -160,7 +160,7 @@ def test_a_chat_prompt_is_a_user_turn_with_the_assistant_header(
 
 
 def test_chat_prompts_need_a_chat_template(loaded: LoadedModel) -> None:
-    with pytest.raises(MLPlaygroundError, match=r"^--chat needs a tokenizer with a chat template"):
+    with pytest.raises(MLPlaygroundError, match=r"^chat prompts need a tokenizer with a chat"):
         encode_prompt(loaded, "abc", chat=True)
     with pytest.raises(MLPlaygroundError, match="the prompt is empty"):
         encode_prompt(loaded, "", chat=True)
