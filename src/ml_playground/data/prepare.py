@@ -515,6 +515,11 @@ def _training_texts(
         yield TEXT_SEPARATOR
 
 
+def _up_to_date(existing: dict[str, Any], fingerprint: str, settings: dict[str, Any]) -> bool:
+    """Whether a prepared dataset came from this source with these [data] settings."""
+    return existing.get("source_hash") == fingerprint and existing.get("settings") == settings
+
+
 def prepare_dataset(
     config: DataConfig,
     workdir: Path,
@@ -532,8 +537,7 @@ def prepare_dataset(
     if (
         not force
         and existing is not None
-        and existing.get("source_hash") == manifest.fingerprint
-        and existing.get("settings") == settings
+        and _up_to_date(existing, manifest.fingerprint, settings)
         # Pairs prepared before loss masks existed are prepared again to get them.
         and (config.prompt_field is None or "loss_mask" in existing)
     ):
@@ -612,12 +616,7 @@ def _prepare_images(
     settings = dataset_settings(config)
     target = dataset_dir(workdir, experiment)
     existing = read_dataset_info(target)
-    if (
-        not force
-        and existing is not None
-        and existing.get("source_hash") == images.fingerprint
-        and existing.get("settings") == settings
-    ):
+    if not force and existing is not None and _up_to_date(existing, images.fingerprint, settings):
         return PrepareResult(target, existing, skipped=True)
     tokenizer = train_tokenizer(config, [])
     assert isinstance(tokenizer, PixelTokenizer)

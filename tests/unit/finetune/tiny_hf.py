@@ -23,28 +23,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from conftest import WORDS
 from ml_playground.config.loading import resolve_config
 from ml_playground.config.schema import ExperimentConfig
 
-WORDS = [
-    "the",
-    "king",
-    "queen",
-    "speak",
-    "now",
-    "my",
-    "lord",
-    "good",
-    "night",
-    "what",
-    "say",
-    "you",
-    "to",
-    "me",
-    "and",
-    "thou",
-    "art",
-]
 FAST = [
     "model.block_size=16",
     "train.batch_size=2",
